@@ -1,0 +1,1 @@
+"""Pure domain code: identifiers, states, validation, errors. No I/O, no frameworks."""

@@ -1,0 +1,1 @@
+"""Apps, credentials, products, devices and groups: the services over the store."""

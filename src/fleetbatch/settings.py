@@ -1,0 +1,88 @@
+"""One settings object: CLI flags first, then `FLEETBATCH_*` environment variables, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("fleetbatch-data")
+
+
+class Settings(BaseSettings):
+    """Everything fleetbatch can be configured with. Values given to the constructor win.
+
+    The CLI passes the flags the user gave as constructor arguments; anything not given
+    comes from `FLEETBATCH_<NAME>` (e.g. `FLEETBATCH_DATABASE`) or the default below.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLEETBATCH_", extra="forbid")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the embedded defaults write.")
+    database: str | None = Field(
+        None, description="Database URL; default: SQLite file <data-dir>/fleetbatch.db."
+    )
+    host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    https_port: int = Field(8743, ge=0, le=65535)
+    mqtt_port: int = Field(1883, ge=0, le=65535)
+    mqtts_port: int = Field(8883, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Base64 of 32 bytes that encrypt secrets at rest; "
+        "default: generated into <data-dir>/secret.key.",
+    )
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0)
+    db_pool_size: int = Field(10, ge=1)
+    db_timeout_s: float = Field(30.0, gt=0)
+    default_throttle_per_min: int = Field(100, ge=1)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("database")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded database file."""
+        return self.data_dir / "fleetbatch.db"
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL: the embedded SQLite file unless a URL was given."""
+        if self.database is None:
+            return f"sqlite+aiosqlite:///{self.sqlite_path.resolve()}"
+        return normalize_database_url(self.database)
+
+    @property
+    def is_embedded_database(self) -> bool:
+        """True when the store is the SQLite file in the data dir."""
+        return self.database is None
+
+
+def normalize_database_url(url: str) -> str:
+    """Map the URLs users write to the async drivers fleetbatch uses.
+
+    `postgresql://`, `postgres://` and `postgresql+psycopg://` become `postgresql+asyncpg://`;
+    `sqlite:///path` becomes `sqlite+aiosqlite:///path`. Anything else is refused.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    base = scheme.split("+", 1)[0].lower()
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from flags (the non-None `overrides`), environment and defaults."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
