@@ -1,4 +1,4 @@
-"""One settings object: CLI flags first, then `FLEETBATCH_*` environment variables, then defaults."""
+"""One settings object: CLI flags, then `FLEETBATCH_*` environment variables, then defaults."""
 
 from __future__ import annotations
 

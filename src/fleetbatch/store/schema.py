@@ -87,7 +87,8 @@ app_grants = Table(
 products = Table(
     "products",
     metadata,
-    Column("product_id", String(36), primary_key=True),
+    Column("pk", RowId, primary_key=True, autoincrement=True),
+    Column("product_id", String(36), nullable=False, unique=True),
     Column("project_id", ForeignKey("projects.project_id"), nullable=False),
     Column("app_id", ForeignKey("apps.app_id"), nullable=False),
     Column("name", String(64), nullable=False),
@@ -101,7 +102,7 @@ products = Table(
     Column("description", Text),
     Column("service_capabilities", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
-    Index(None, "project_id", "product_id"),
+    Index(None, "project_id", "pk"),
     # the legacy DeviceType selector: deviceType + manufacturerId + model within an app
     Index(None, "app_id", "device_type", "manufacturer_id", "model"),
 )
@@ -137,14 +138,16 @@ devices = Table(
 device_groups = Table(
     "device_groups",
     metadata,
-    Column("group_id", String(36), primary_key=True),
-    Column("project_id", ForeignKey("projects.project_id"), nullable=False, index=True),
+    Column("pk", RowId, primary_key=True, autoincrement=True),
+    Column("group_id", String(36), nullable=False, unique=True),
+    Column("project_id", ForeignKey("projects.project_id"), nullable=False),
     Column("app_id", ForeignKey("apps.app_id"), nullable=False),
     Column("name", String(64), nullable=False),
     Column("description", String(64)),
     Column("parent_group_id", ForeignKey("device_groups.group_id")),
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("app_id", "name"),
+    Index(None, "project_id", "pk"),
 )
 
 group_members = Table(
