@@ -172,7 +172,7 @@ def upgrade() -> None:
         sa.Column("status_desc", sa.Text(), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=True),
-        sa.Column("need_confirm", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("need_confirm", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("document", sa.Text(), nullable=False),
         sa.Column("targets", sa.Text(), nullable=True),
         sa.Column("targets_filter", sa.Text(), nullable=True),
