@@ -4,7 +4,9 @@ open the runtime, call one service, and print the result."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,8 +14,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from fleetbatch.domain.errors import FleetbatchError
+from fleetbatch.domain.registry import App, AppCredentials, NewDevice
+from fleetbatch.fleetfile import FleetFileWriter
+from fleetbatch.registry.service import new_node_ids
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings, load_settings
 
@@ -104,6 +110,150 @@ def serve(
         tls_key=tls_key,
     )
     raise typer.Exit(server.run(settings))
+
+
+@admin_app.command("create-app")
+def create_app(
+    name: Annotated[str, typer.Option("--name", help="Name of the app (and of its project).")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    project_id: Annotated[
+        str | None, typer.Option("--project-id", help="Add the app to this existing project.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a project, an app in it and their credentials; print them once."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> AppCredentials:
+        return await runtime.registry.create_app(name, project_id=project_id)
+
+    credentials = run_with_runtime(settings, work)
+    result = {
+        "project_id": credentials.project_id,
+        "app_id": credentials.app_id,
+        "secret": credentials.secret,
+        "access_key": credentials.access_key,
+        "secret_key": credentials.secret_key,
+    }
+    if json_out:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"app {name!r} created: keep these, the secrets are shown once")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in result.items():
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@admin_app.command("create-devices")
+def create_devices(
+    app_id: Annotated[str, typer.Option("--app", help="The app the devices belong to.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="How many devices.")],
+    out: Annotated[Path, typer.Option("--out", help="Fleet file to write (JSON, mode 0600).")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    product_id: Annotated[
+        str | None,
+        typer.Option(
+            "--product-id", help="Product of the devices [default: the app's default product]."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", help="Also put the devices into this group (created if absent)."),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Node id prefix [default: random per batch].")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register COUNT devices in one batch and write their ids and secrets to the fleet file."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        registry = runtime.registry
+        app = await registry.get_app(app_id)
+        if product_id is None:
+            product = await registry.default_product(app_id)
+        else:
+            product = await registry.get_product(app.project_id, product_id)
+        group_id = None if group is None else (await registry.ensure_group(app_id, group)).group_id
+        header = {"app_id": app_id, "project_id": app.project_id, "product_id": product.product_id}
+        writer = FleetFileWriter(out, header)
+        started = time.perf_counter()
+        try:
+            created = await registry.create_devices_streamed(
+                app_id,
+                product.product_id,
+                (NewDevice(node_id=node_id) for node_id in new_node_ids(count, prefix)),
+                group_id=group_id,
+                sink=writer.add,
+            )
+        except BaseException:
+            writer.discard()
+            raise
+        writer.commit()
+        seconds = time.perf_counter() - started
+        return {
+            "created": created,
+            "fleet": str(out),
+            "app_id": app_id,
+            "product_id": product.product_id,
+            "group_id": group_id,
+            "seconds": round(seconds, 3),
+            "devices_per_s": round(created / seconds) if seconds else None,
+        }
+
+    summary = run_with_runtime(settings, work)
+    if json_out:
+        print(json.dumps(summary))
+    else:
+        err_console.print(
+            f"created {summary['created']:,} devices in {summary['seconds']:.2f} s "
+            f"({summary['devices_per_s']:,}/s) -> {out}"
+        )
+
+
+@admin_app.command("grant")
+def grant(
+    owner: Annotated[str, typer.Option("--owner", help="The app that grants.")],
+    grantee: Annotated[str, typer.Option("--grantee", help="The app that may act for it.")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Authorize one app to act for another (the legacy API's appId parameter)."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> None:
+        await runtime.registry.grant(owner, grantee)
+
+    run_with_runtime(settings, work)
+    err_console.print(f"{grantee} may now act for {owner}")
+
+
+@admin_app.command("list-apps")
+def list_apps(
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List every app with its project."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> list[App]:
+        return await runtime.registry.list_apps()
+
+    found = run_with_runtime(settings, work)
+    rows = [{"app_id": a.app_id, "project_id": a.project_id, "name": a.name} for a in found]
+    if json_out:
+        print(json.dumps(rows))
+        return
+    table = Table("app_id", "project_id", "name")
+    for row in rows:
+        table.add_row(row["app_id"], row["project_id"], row["name"])
+    Console().print(table)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ MAX_RECORD_ID = 2**63 - 1
 
 _HEX24 = re.compile(r"[0-9a-f]{1,24}")
 _ALNUM = string.ascii_letters + string.digits
-_SECRET_ALPHABET = _ALNUM + "_-"
 
 
 def new_project_id() -> str:
@@ -36,7 +35,8 @@ def new_app_id() -> str:
 
 def new_secret(length: int = 32) -> str:
     """A new random secret of `length` characters from `[A-Za-z0-9_-]` (device, app, SK)."""
-    return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(length))
+    # base64url of 6 random bits per character: one urandom call instead of one per character
+    return secrets.token_urlsafe(length)[:length]
 
 
 def new_access_key() -> str:
