@@ -22,6 +22,7 @@ from fleetbatch.domain.errors import FleetbatchError
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 _KEY_CHECK_LABEL = b"fleetbatch key check v1"
 
 
@@ -50,6 +51,8 @@ class SecretVault:
 
     def decrypt(self, blob: bytes) -> str:
         """The plaintext of `encrypt`'s output; raises VaultKeyError when it does not verify."""
+        if len(blob) < _NONCE_BYTES + _TAG_BYTES:
+            raise VaultKeyError("a stored secret is truncated")
         try:
             return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None).decode()
         except InvalidTag as exc:

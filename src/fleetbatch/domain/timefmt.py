@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 _COMPACT = "%Y%m%dT%H%M%SZ"
+# strptime alone accepts short fields ("2015121T...") and lower-case letters
+_COMPACT_SHAPE = re.compile(r"\d{8}T\d{6}Z")
 
 
 def to_compact(epoch_ms: int) -> str:
@@ -14,6 +17,8 @@ def to_compact(epoch_ms: int) -> str:
 
 def from_compact(text: str) -> int:
     """Parse `yyyyMMdd'T'HHmmss'Z'`; raises ValueError on any other shape."""
+    if not _COMPACT_SHAPE.fullmatch(text):
+        raise ValueError(f"time must look like 20151212T121212Z, not {text!r}")
     moment = datetime.strptime(text, _COMPACT).replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 

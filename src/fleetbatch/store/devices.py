@@ -6,7 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, literal, select
+from sqlalchemy import ColumnElement, Row, Select, String, bindparam, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.registry import Device, DeviceStatus, Page
@@ -79,25 +80,44 @@ async def insert_devices(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]])
     await conn.exec_driver_sql(statement, list(rows))
 
 
+def _select_by_device_ids(
+    conn: AsyncConnection, columns: Sequence[Any], device_ids: Sequence[str]
+) -> Select[Any]:
+    """SELECT `columns` of the devices whose id is one of `device_ids`.
+
+    On PostgreSQL the ids arrive as one array and drive the join through `unnest`, so the
+    plan is one unique-index probe per id whatever the statistics say (a plain `IN` or
+    `= ANY` next to another predicate could turn into a scan of the project's devices).
+    """
+    if conn.dialect.name == "postgresql":
+        ids = bindparam("device_ids", list(device_ids), type_=postgresql.ARRAY(String))
+        given = func.unnest(ids).table_valued("device_id").render_derived(name="given")
+        return select(*columns).select_from(
+            given.join(devices, devices.c.device_id == given.c.device_id)
+        )
+    return select(*columns).where(devices.c.device_id.in_(device_ids))
+
+
 async def existing_device_ids(conn: AsyncConnection, device_ids: Sequence[str]) -> list[str]:
     """Those of `device_ids` that are already registered (in any project)."""
-    query = select(devices.c.device_id).where(devices.c.device_id.in_(device_ids))
+    query = _select_by_device_ids(conn, [devices.c.device_id], device_ids)
     return list((await conn.execute(query)).scalars())
 
 
 async def add_members_by_device_id(
     conn: AsyncConnection, group_id: str, device_ids: Sequence[str], project_id: str
 ) -> int:
-    """Put the named devices of the project into the group (already members are kept)."""
-    already = select(group_members.c.device_pk).where(group_members.c.group_id == group_id)
-    source = select(literal(group_id), devices.c.pk).where(
-        devices.c.device_id.in_(device_ids),
-        devices.c.project_id == project_id,
-        devices.c.pk.not_in(already),
+    """Put the named devices of the project into the group; returns how many were added."""
+    source = _select_by_device_ids(conn, [literal(group_id), devices.c.pk], device_ids).where(
+        devices.c.project_id == project_id
     )
-    result = await conn.execute(
-        group_members.insert().from_select(["group_id", "device_pk"], source)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(group_members)
+        .from_select(["group_id", "device_pk"], source)
+        .on_conflict_do_nothing()  # already a member: keep it, count it as not added
     )
+    result = await conn.execute(statement)
     return max(result.rowcount, 0)
 
 
