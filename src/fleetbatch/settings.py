@@ -45,8 +45,11 @@ class Settings(BaseSettings):
 
     @field_validator("database")
     @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
-        return value or None
+    def _known_database(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        normalize_database_url(value)  # refuse an unsupported URL now, not on first use
+        return value
 
     @property
     def sqlite_path(self) -> Path:
