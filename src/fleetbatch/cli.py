@@ -256,6 +256,37 @@ def list_apps(
     Console().print(table)
 
 
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option("--devices", min=1, help="Fleet size.")] = 1000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Keep the demo's data here [default: a temp dir]."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the platform on free ports with the embedded defaults and register a fleet."""
+    from fleetbatch.demo import run_demo
+
+    if not json_out:
+        err_console.print(f"fleetbatch demo: server on free ports, registering {devices:,} devices")
+    try:
+        report = asyncio.run(run_demo(devices, data_dir))
+    except FleetbatchError as exc:
+        raise fail(exc.message) from None
+    if json_out:
+        print(json.dumps(report.as_dict()))
+        return
+    table = Table("field", "value", title="fleetbatch demo")
+    for key, value in report.as_dict().items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+    err_console.print(
+        "next: the simulated fleet (device access) and a batch task to completion (engine) "
+        "join this demo as those issues land"
+    )
+
+
 def main() -> None:
     """Entry point of the `fleetbatch` command."""
     app()
