@@ -54,7 +54,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line and hand back the Exit to raise."""
-    err_console.print(f"fleetbatch: {message}", style="red", markup=False, highlight=False)
+    err_console.print(
+        f"fleetbatch: {message}", style="red", markup=False, highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -62,8 +64,12 @@ def build_settings(**flags: Any) -> Settings:
     """Settings from the given flags, environment and defaults; bad values end the command."""
     try:
         return load_settings(**flags)
-    except (ValidationError, ValueError) as exc:
-        raise fail(f"invalid settings: {exc}", 2) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise fail(f"invalid settings: {problems}", 2) from None
 
 
 def run_with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
@@ -94,6 +100,9 @@ def serve(
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="critical, error, warning, info, debug [default: info].")
+    ] = None,
 ) -> None:
     """Run everything in one process: the northbound APIs over HTTP and HTTPS."""
     from fleetbatch import server
@@ -108,6 +117,7 @@ def serve(
         mqtts_port=mqtts_port,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        log_level=log_level,
     )
     raise typer.Exit(server.run(settings))
 

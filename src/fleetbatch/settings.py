@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     db_timeout_s: float = Field(30.0, gt=0)
     default_throttle_per_min: int = Field(100, ge=1)
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
     @field_validator("database")
     @classmethod

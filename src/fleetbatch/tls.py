@@ -62,7 +62,11 @@ def ensure_tls_files(settings: Settings) -> TlsFiles:
     if settings.tls_cert is not None and settings.tls_key is not None:
         files = TlsFiles(cert=settings.tls_cert, key=settings.tls_key)
     else:
-        files = _ensure_generated(settings.data_dir / "tls", server_names(settings.host))
+        directory = settings.data_dir / "tls"
+        try:
+            files = _ensure_generated(directory, server_names(settings.host))
+        except (OSError, ValueError) as exc:  # unwritable data dir, a damaged PEM
+            raise TlsConfigError(f"cannot prepare the TLS files in {directory}: {exc}") from exc
     server_ssl_context(files)  # fail at startup, with our error, not at the first handshake
     return files
 

@@ -72,17 +72,20 @@ def decode_key(text: str) -> bytes:
 
 def load_or_create_key(path: Path) -> bytes:
     """Read the key file, creating it (mode 0600) with a fresh random key when absent."""
-    if path.exists():
-        return decode_key(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoded = base64.b64encode(os.urandom(KEY_BYTES)).decode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        # another process created it between our check and open: use theirs
-        return decode_key(path.read_text())
-    with os.fdopen(fd, "w") as handle:
-        handle.write(encoded + "\n")
+        if path.exists():
+            return decode_key(path.read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encoded = base64.b64encode(os.urandom(KEY_BYTES)).decode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # another process created it between our check and open: use theirs
+            return decode_key(path.read_text())
+        with os.fdopen(fd, "w") as handle:
+            handle.write(encoded + "\n")
+    except OSError as exc:
+        raise VaultKeyError(f"cannot read or create the secret key file {path}: {exc}") from exc
     return decode_key(encoded)
 
 

@@ -1,5 +1,5 @@
 """The northbound HTTP API: one ASGI app served on the HTTP and HTTPS ports."""
 
-from fleetbatch.api.app import Phase, create_app, set_phase
+from fleetbatch.api.app import Phase, create_app, get_runtime, set_phase
 
-__all__ = ["Phase", "create_app", "set_phase"]
+__all__ = ["Phase", "create_app", "get_runtime", "set_phase"]

@@ -1,0 +1,393 @@
+"""`fleetbatch serve`: the API on HTTP and HTTPS over one runtime, in one event loop.
+
+Startup order matters: the ports are bound first, so a second server on the same ports
+fails at once (exit code 2) without touching the database or the TLS files; then the TLS
+files, the runtime (which migrates the store) and the app's lifespan; then uvicorn serves
+on the bound sockets, and `/health` turns ok once every listener accepts.
+
+The runner, not uvicorn, owns SIGINT and SIGTERM: the first asks every listener to stop
+(requests in flight get `shutdown_timeout_s`), a second stops waiting for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import errno
+import logging
+import logging.config
+import math
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import uvicorn
+import uvicorn.config
+from fastapi import FastAPI
+
+from fleetbatch.api import Phase, create_app, set_phase
+from fleetbatch.domain.errors import FleetbatchError, InvalidInput
+from fleetbatch.runtime import Runtime
+from fleetbatch.settings import Settings
+from fleetbatch.tls import TlsFiles, ensure_tls_files
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_PORT_UNAVAILABLE = 2
+# the shell's convention for "ended by SIGINT", for a Ctrl-C before the handlers are in place
+EXIT_INTERRUPTED = 130
+
+BACKLOG = 2048
+# beyond uvicorn's own graceful timeout: its 0.1 s ticks and closing the listeners
+SHUTDOWN_GRACE_S = 1.0
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+log = logging.getLogger(__name__)
+
+
+class PortUnavailable(FleetbatchError):
+    """A listening port cannot be bound: in use, not permitted, or no such address."""
+
+    def __init__(self, port: int, flag: str, reason: str) -> None:
+        super().__init__(f"port {port} ({flag}) {reason}")
+        self.port = port
+        self.flag = flag
+
+
+class Server:
+    """One fleetbatch server: the API on an HTTP and an HTTPS listener over one runtime.
+
+    `await Server(settings).serve(ready=..., stop=...)` runs until stopped or signalled;
+    `async with Server(settings) as server:` serves for the duration of the block. The
+    bound ports (port 0 picks a free one) are `http_port` and `https_port` once started.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.app: FastAPI | None = None
+        self.tls: TlsFiles | None = None
+        self._sockets: dict[str, socket.socket] = {}
+        self._ports: dict[str, int] = {}
+        self._servers: list[_Listener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cleanup = contextlib.AsyncExitStack()
+        self._stop_requested = asyncio.Event()
+        self._began = False
+        self._stopped = False
+
+    @property
+    def http_port(self) -> int:
+        """The bound plain-HTTP port."""
+        return self._ports["http"]
+
+    @property
+    def https_port(self) -> int:
+        """The bound HTTPS port."""
+        return self._ports["https"]
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of each listener."""
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return [f"http://{host}:{self.http_port}", f"https://{host}:{self.https_port}"]
+
+    async def start(self) -> None:
+        """Bind, prepare TLS, open the runtime and serve; returns once every listener accepts.
+
+        Raises PortUnavailable when a port cannot be bound, other FleetbatchErrors when
+        TLS or the store cannot be opened; whatever was opened is closed again.
+        """
+        if self._began:
+            raise RuntimeError("a Server starts once")
+        self._began = True
+        log_level = _uvicorn_log_level(self.settings.log_level)
+        self._bind()
+        try:
+            # RSA key generation on first start takes a while: keep it off the loop
+            self.tls = await asyncio.to_thread(ensure_tls_files, self.settings)
+            self.runtime = await Runtime.open(self.settings)
+            self._cleanup.push_async_callback(self.runtime.close)
+            self.app = create_app(self.runtime)
+            # the app's lifespan runs once here, not once per uvicorn listener
+            await self._cleanup.enter_async_context(self.app.router.lifespan_context(self.app))
+            for name, sock in self._sockets.items():
+                self._start_listener(name, sock, log_level)
+            await self._until_listening()
+            set_phase(self.app, Phase.READY)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def request_stop(self) -> None:
+        """Ask the server to stop; asked again, it stops waiting for requests in flight."""
+        if self._stop_requested.is_set():
+            for server in self._servers:
+                server.force_exit = True
+        self._stop_requested.set()
+
+    async def wait(self, stop: asyncio.Event | None = None) -> None:
+        """Until `request_stop()`, `stop` is set, or a listener ends on its own."""
+        watchers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop_requested.wait())]
+        if stop is not None:
+            watchers.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait([*watchers, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def stop(self) -> None:
+        """Stop accepting, give requests in flight `shutdown_timeout_s`, close the runtime.
+
+        Re-raises the error of a listener that failed on its own, after cleaning up.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.app is not None:
+            set_phase(self.app, Phase.STOPPING)
+        for server in self._servers:
+            server.should_exit = True
+        try:
+            await self._finish_listeners()
+        finally:
+            for sock in self._sockets.values():
+                sock.close()
+            await self._close_runtime()
+        for task in self._tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
+    async def serve(
+        self,
+        *,
+        ready: asyncio.Event | None = None,
+        stop: asyncio.Event | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        """Start, set `ready`, serve until `stop` is set (or SIGINT/SIGTERM), then stop.
+
+        The startup line goes to stderr. If startup fails the error is raised and `ready`
+        is never set, so a caller waiting on it should also watch this coroutine.
+        """
+        with self._signals_handled(enabled=handle_signals):
+            await self.start()
+            try:
+                assert self.runtime is not None
+                print(
+                    f"fleetbatch: serving {' '.join(self.urls)} "
+                    f"(data dir {self.settings.data_dir.resolve()}, "
+                    f"database {self.runtime.store.dialect})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if ready is not None:
+                    ready.set()
+                await self.wait(stop)
+            finally:
+                await self.stop()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc_info: object) -> None:
+        await self.stop()
+
+    def _bind(self) -> None:
+        host = self.settings.host
+        wanted = {
+            "http": (self.settings.http_port, "--http-port"),
+            "https": (self.settings.https_port, "--https-port"),
+        }
+        try:
+            for name, (port, flag) in wanted.items():
+                self._sockets[name] = bind_listener(host, port, flag)
+                self._ports[name] = int(self._sockets[name].getsockname()[1])
+            # TODO(issue 5): bind settings.mqtt_port (--mqtt-port) and settings.mqtts_port
+            # (--mqtts-port) here, before the database opens, and start the device transport
+            # on them in start() before the app is marked ready.
+        except BaseException:
+            for sock in self._sockets.values():
+                sock.close()
+            raise
+
+    def _start_listener(self, name: str, sock: socket.socket, log_level: int) -> None:
+        assert self.app is not None
+        tls = self.tls if name == "https" else None
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",  # the runner enters the app's lifespan itself, once
+            log_config=None,  # the process configures logging (run()), not a library call
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(self.settings.shutdown_timeout_s),
+            ssl_certfile=tls.cert if tls else None,
+            ssl_keyfile=tls.key if tls else None,
+            # legacy HTTPS clients present a client certificate: never ask for one
+            ssl_cert_reqs=ssl.CERT_NONE,
+        )
+        config.load()
+        server = _Listener(config)
+        self._servers.append(server)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name=f"fleetbatch-{name}")
+        self._tasks.append(task)
+
+    async def _until_listening(self) -> None:
+        listening: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(server.listening.wait() for server in self._servers))
+        )
+        try:
+            await asyncio.wait([listening, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listening.cancel()
+        for task in self._tasks:
+            if task.done():
+                task.result()  # raises the listener's startup error
+                raise RuntimeError(f"listener {task.get_name()} ended during startup")
+
+    async def _finish_listeners(self) -> None:
+        if not self._tasks:
+            return
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s + SHUTDOWN_GRACE_S):
+                await asyncio.wait(self._tasks)
+        except TimeoutError:
+            log.warning("server.shutdown_timed_out timeout_s=%s", self.settings.shutdown_timeout_s)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.wait(self._tasks)
+
+    async def _close_runtime(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await self._cleanup.aclose()
+        except TimeoutError:
+            log.warning("server.close_timed_out timeout_s=%s", self.settings.shutdown_timeout_s)
+
+    @contextlib.contextmanager
+    def _signals_handled(self, *, enabled: bool) -> Iterator[None]:
+        """SIGINT and SIGTERM call `request_stop` while serving; the old handlers come back."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+class _Listener(uvicorn.Server):
+    """uvicorn's server on one socket, minus its signal capture, plus a `listening` event."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # the runner handles signals for every listener; uvicorn's would replace ours
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.listening.set()
+
+
+def bind_listener(host: str, port: int, flag: str) -> socket.socket:
+    """A listening TCP socket on `host:port`; PortUnavailable, naming `flag`, if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # a restart may reuse a port whose old connections linger in TIME_WAIT; a port that
+        # another process listens on is still refused
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise PortUnavailable(port, flag, _bind_failure(exc, host)) from None
+    return sock
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set or SIGINT/SIGTERM arrives; `Server` exposes the ports."""
+    await Server(settings).serve(ready=ready, stop=stop)
+
+
+def run(settings: Settings) -> int:
+    """Serve in this process until SIGINT or SIGTERM; returns the process exit code.
+
+    0 after a clean stop, 2 when a port cannot be bound, 1 when fleetbatch cannot start
+    (TLS files, secret key, database); each failure is one line on stderr.
+    """
+    try:
+        _configure_logging(_uvicorn_log_level(settings.log_level))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings))
+    except PortUnavailable as exc:
+        return _fail(exc, EXIT_PORT_UNAVAILABLE)
+    except FleetbatchError as exc:
+        return _fail(exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _fail(exc: FleetbatchError, code: int) -> int:
+    print(f"fleetbatch: {exc.message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _bind_failure(exc: OSError, host: str) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot be bound: unknown host {host!r}"
+    if exc.errno == errno.EADDRINUSE:
+        return "is already in use"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "is not permitted"
+    return f"cannot be bound on {host}: {exc.strerror or exc}"
+
+
+def _uvicorn_log_level(name: str) -> int:
+    try:
+        return uvicorn.config.LOG_LEVELS[name.lower()]
+    except KeyError:
+        choices = ", ".join(uvicorn.config.LOG_LEVELS)
+        raise InvalidInput("log_level", f"must be one of {choices}") from None
+
+
+def _configure_logging(level: int) -> None:
+    """uvicorn's console format for its own loggers and fleetbatch's, at `level`."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["fleetbatch"] = {"handlers": ["default"], "level": level, "propagate": False}
+    logging.config.dictConfig(config)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed (it roughly doubles socket throughput), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
