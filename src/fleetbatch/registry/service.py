@@ -286,11 +286,12 @@ class Registry:
                 group = await _require_group(conn, app.project_id, group_id)
                 if group.app_id != app_id:
                     raise InvalidInput("group_id", "belongs to another app")
-            seen: set[str] = set()
             for chunk in _chunks(specs, BULK_CHUNK):
                 rows, chunk_created = self._device_rows(chunk, app, product.product_id, now)
                 ids = [device.device_id for device in chunk_created]
-                _refuse_repeats(ids, seen)
+                _refuse_repeats(ids)
+                # earlier chunks are already inserted in this transaction, so this also
+                # catches an id repeated across chunks without remembering every id
                 taken = await device_rows.existing_device_ids(conn, ids)
                 if taken:
                     raise AlreadyExists("device", taken[0])
@@ -685,8 +686,9 @@ def _device_status(value: Any) -> str:
         raise InvalidInput("status", "must be one of " + ", ".join(DeviceStatus)) from None
 
 
-def _refuse_repeats(ids: Sequence[str], seen: set[str]) -> None:
-    """Raise AlreadyExists for an id given twice in one batch."""
+def _refuse_repeats(ids: Sequence[str]) -> None:
+    """Raise AlreadyExists for an id given twice in one chunk."""
+    seen: set[str] = set()
     for device_id in ids:
         if device_id in seen:
             raise AlreadyExists("device", device_id)
