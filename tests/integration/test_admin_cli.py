@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import signal
 import stat
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
-from support.cli import run_cli, run_cli_json, running_server, store_flags
+from support.cli import FLEETBATCH, run_cli, run_cli_json, running_server, store_flags
+from support.waiting import wait_until_sync
 
 CREDENTIAL_KEYS = {"project_id", "app_id", "secret", "access_key", "secret_key"}
 
@@ -107,3 +111,42 @@ def test_admin_commands_work_while_the_server_runs_on_the_same_store(
             runs = list(pool.map(create_devices, range(2)))
         assert [run["created"] for run in runs] == [3000, 3000]
         assert server.healthy()
+
+
+async def device_count(settings: Settings, project_id: str) -> int:
+    async with await Runtime.open(settings) as runtime:
+        return (await runtime.registry.list_devices(project_id)).count
+
+
+def test_a_killed_bulk_registration_leaves_no_device_behind(
+    settings: Settings, tmp_path: Path
+) -> None:
+    app = create_app(settings)
+    fleet_path = tmp_path / "fleet.json"
+    proc = subprocess.Popen(
+        [
+            *FLEETBATCH, "admin", "create-devices", *store_flags(settings), "--app", app["app_id"],
+            "--count", "400000", "--out", str(fleet_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # chunks reach the temporary fleet file as they are written to the open transaction
+        wait_until_sync(
+            lambda: any(f.stat().st_size > 100_000 for f in tmp_path.glob(".fleet.json.*.tmp")),
+            timeout_s=60,
+            message="create-devices never got going",
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+    assert proc.returncode == -signal.SIGKILL
+    assert not fleet_path.exists()
+    assert asyncio.run(device_count(settings, app["project_id"])) == 0
+    after = run_cli_json(
+        "admin", "create-devices", *store_flags(settings), "--app", app["app_id"],
+        "--count", "10", "--out", str(fleet_path),
+    )  # fmt: skip
+    assert after["created"] == 10
