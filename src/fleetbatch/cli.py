@@ -19,7 +19,7 @@ from rich.table import Table
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.domain.registry import App, AppCredentials, NewDevice
 from fleetbatch.fleetfile import FleetFileWriter
-from fleetbatch.registry.service import new_node_ids
+from fleetbatch.registry.devices import new_node_ids
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings, load_settings
 
@@ -136,7 +136,7 @@ def create_app(
     settings = build_settings(data_dir=data_dir, database=database)
 
     async def work(runtime: Runtime) -> AppCredentials:
-        return await runtime.registry.create_app(name, project_id=project_id)
+        return await runtime.registry.apps.create(name, project_id=project_id)
 
     credentials = run_with_runtime(settings, work)
     result = {
@@ -184,17 +184,17 @@ def create_devices(
 
     async def work(runtime: Runtime) -> dict[str, Any]:
         registry = runtime.registry
-        app = await registry.get_app(app_id)
+        app = await registry.apps.get(app_id)
         if product_id is None:
-            product = await registry.default_product(app_id)
+            product = await registry.products.default(app_id)
         else:
-            product = await registry.get_product(app.project_id, product_id)
-        group_id = None if group is None else (await registry.ensure_group(app_id, group)).group_id
+            product = await registry.products.get(app.project_id, product_id)
+        group_id = None if group is None else (await registry.groups.ensure(app_id, group)).group_id
         header = {"app_id": app_id, "project_id": app.project_id, "product_id": product.product_id}
         writer = FleetFileWriter(out, header)
         started = time.perf_counter()
         try:
-            created = await registry.create_devices_streamed(
+            created = await registry.devices.create_many_streamed(
                 app_id,
                 product.product_id,
                 (NewDevice(node_id=node_id) for node_id in new_node_ids(count, prefix)),
@@ -237,7 +237,7 @@ def grant(
     settings = build_settings(data_dir=data_dir, database=database)
 
     async def work(runtime: Runtime) -> None:
-        await runtime.registry.grant(owner, grantee)
+        await runtime.registry.apps.grant(owner, grantee)
 
     run_with_runtime(settings, work)
     err_console.print(f"{grantee} may now act for {owner}")
@@ -253,7 +253,7 @@ def list_apps(
     settings = build_settings(data_dir=data_dir, database=database)
 
     async def work(runtime: Runtime) -> list[App]:
-        return await runtime.registry.list_apps()
+        return await runtime.registry.apps.list_all()
 
     found = run_with_runtime(settings, work)
     rows = [{"app_id": a.app_id, "project_id": a.project_id, "name": a.name} for a in found]

@@ -17,7 +17,7 @@ import httpx
 
 from fleetbatch.domain.registry import NewDevice
 from fleetbatch.fleetfile import FleetFileWriter
-from fleetbatch.registry.service import new_node_ids
+from fleetbatch.registry.devices import new_node_ids
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
 
@@ -62,14 +62,14 @@ async def _demo(devices: int, data_dir: Path, *, keep: bool) -> DemoReport:
         assert server.runtime is not None
         assert server.tls is not None
         registry = server.runtime.registry
-        credentials = await registry.create_app("demo")
-        product = await registry.default_product(credentials.app_id)
-        group = await registry.ensure_group(credentials.app_id, "demo")
+        credentials = await registry.apps.create("demo")
+        product = await registry.products.default(credentials.app_id)
+        group = await registry.groups.ensure(credentials.app_id, "demo")
         fleet_path = data_dir / "demo-fleet.json"
         header = {"app_id": credentials.app_id, "product_id": product.product_id}
         writer = FleetFileWriter(fleet_path, header)
         started = time.perf_counter()
-        created = await registry.create_devices_streamed(
+        created = await registry.devices.create_many_streamed(
             credentials.app_id,
             product.product_id,
             (NewDevice(node_id=node) for node in new_node_ids(devices, "demo")),

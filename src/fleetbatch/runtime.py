@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from fleetbatch.clock import Clock, SystemClock
-from fleetbatch.registry.service import Registry
+from fleetbatch.registry import Registry
 from fleetbatch.settings import Settings
 from fleetbatch.store.database import Store
 from fleetbatch.vault import SecretVault, VaultKeyError, decode_key, load_or_create_key

@@ -32,9 +32,11 @@ async def test_create_app_prints_exactly_the_five_credentials(settings: Settings
     assert set(credentials) == CREDENTIAL_KEYS
     assert re.fullmatch(r"[0-9a-f]{32}", credentials["project_id"])
     async with await Runtime.open(settings) as runtime:
-        app = await runtime.registry.verify_app_secret(credentials["app_id"], credentials["secret"])
+        app = await runtime.registry.apps.verify_secret(
+            credentials["app_id"], credentials["secret"]
+        )
         assert app.project_id == credentials["project_id"]
-        assert await runtime.registry.secret_key_for(credentials["access_key"]) == (
+        assert await runtime.registry.apps.secret_key_for(credentials["access_key"]) == (
             credentials["project_id"],
             credentials["secret_key"],
         )
@@ -59,11 +61,11 @@ async def test_create_devices_writes_a_private_fleet_file_of_registered_devices(
     assert len(entries) == len({entry["device_id"] for entry in entries}) == 2000
     async with await Runtime.open(settings) as runtime:
         registry = runtime.registry
-        group = await registry.find_group(app["app_id"], "floor-1")
+        group = await registry.groups.find(app["app_id"], "floor-1")
         assert group is not None
-        assert (await registry.list_group_members(app["project_id"], group.group_id)).count == 2000
+        assert (await registry.groups.members(app["project_id"], group.group_id)).count == 2000
         for entry in (entries[0], entries[-1]):
-            status_and_secret = await registry.device_credentials(entry["device_id"])
+            status_and_secret = await registry.devices.credentials(entry["device_id"])
             assert status_and_secret is not None
             assert status_and_secret[1] == entry["secret"]
 
@@ -115,7 +117,7 @@ def test_admin_commands_work_while_the_server_runs_on_the_same_store(
 
 async def device_count(settings: Settings, project_id: str) -> int:
     async with await Runtime.open(settings) as runtime:
-        return (await runtime.registry.list_devices(project_id)).count
+        return (await runtime.registry.devices.page(project_id)).count
 
 
 def test_a_killed_bulk_registration_leaves_no_device_behind(
