@@ -13,7 +13,8 @@ from pathlib import Path
 
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
-from support.cli import FLEETBATCH, run_cli, run_cli_json, running_server, store_flags
+from support.cli import FLEETBATCH, run_cli, run_cli_json, store_flags
+from support.serve import running_server
 from support.waiting import wait_until_sync
 
 CREDENTIAL_KEYS = {"project_id", "app_id", "secret", "access_key", "secret_key"}

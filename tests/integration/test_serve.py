@@ -8,10 +8,7 @@ import hashlib
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,85 +24,16 @@ from fleetbatch.server import Server
 from fleetbatch.settings import Settings
 from fleetbatch.tls import TlsConfigError, ensure_tls_files
 from support import LOOPBACK, free_port
-from support.waiting import wait_until, wait_until_sync
-
-HEALTHY_WITHIN_S = 15
-EXIT_WITHIN_S = 10
-BIND_ATTEMPTS = 3
-
-
-@dataclass
-class ServeProcess:
-    """A `fleetbatch serve` child process and the ports it was given."""
-
-    proc: subprocess.Popen[str]
-    data_dir: Path
-    http_port: int
-    https_port: int
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}"
-
-    @property
-    def https_url(self) -> str:
-        return f"https://{LOOPBACK}:{self.https_port}"
-
-    def finish(self, timeout_s: float = EXIT_WITHIN_S) -> tuple[int, str]:
-        """Wait for the exit; the exit code and everything written to stderr."""
-        _, stderr = self.proc.communicate(timeout=timeout_s)
-        return self.proc.returncode, stderr
-
-
-def spawn(data_dir: Path, http_port: int, https_port: int) -> ServeProcess:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleetbatch",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--host",
-            LOOPBACK,
-            "--http-port",
-            str(http_port),
-            "--https-port",
-            str(https_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return ServeProcess(proc, data_dir, http_port, https_port)
-
-
-def health(url: str, **client_options: object) -> httpx.Response | None:
-    """The /health response, or None while nothing answers."""
-    try:
-        with httpx.Client(timeout=2, **client_options) as client:  # type: ignore[arg-type]
-            return client.get(f"{url}/health")
-    except httpx.TransportError:
-        return None
-
-
-def start_healthy(data_dir: Path) -> ServeProcess:
-    """A server on free ports, answering /health ok; retried when a port was taken meanwhile."""
-    for _ in range(BIND_ATTEMPTS):
-        server = spawn(data_dir, free_port(), free_port())
-
-        def ok_or_exited(server: ServeProcess = server) -> bool:
-            response = health(server.http_url)
-            ok = response is not None and response.status_code == 200
-            return ok or server.proc.poll() is not None
-
-        wait_until_sync(ok_or_exited, timeout_s=HEALTHY_WITHIN_S, message="server healthy")
-        if server.proc.poll() is None:
-            return server
-        code, stderr = server.finish()
-        if code != 2:  # 2: a free port was taken before the server bound it
-            pytest.fail(f"server exited with {code}: {stderr}")
-    pytest.fail(f"no free ports in {BIND_ATTEMPTS} attempts")
+from support.serve import (
+    EXIT_WITHIN_S,
+    HEALTHY_WITHIN_S,
+    ServeProcess,
+    health,
+    spawn,
+    start_healthy,
+    stop_process,
+)
+from support.waiting import wait_until
 
 
 @pytest.fixture
@@ -116,12 +44,6 @@ def served(tmp_path: Path) -> Iterator[ServeProcess]:
         yield server
     finally:
         stop_process(server)
-
-
-def stop_process(server: ServeProcess) -> None:
-    if server.proc.poll() is None:
-        server.proc.kill()
-    server.finish()
 
 
 def ca_context(ca: Path) -> ssl.SSLContext:
