@@ -51,10 +51,3 @@ class FleetFileWriter:
         """Drop the temporary file (the devices were not created)."""
         self._file.close()
         self._tmp.unlink(missing_ok=True)
-
-
-def read_fleet(path: Path) -> list[dict[str, str]]:
-    """The device entries of a fleet file."""
-    data = json.loads(path.read_text())
-    devices: list[dict[str, str]] = data["devices"]
-    return devices

@@ -31,7 +31,7 @@ import uvicorn.config
 from fastapi import FastAPI
 
 from fleetbatch.api import Phase, create_app, set_phase
-from fleetbatch.domain.errors import FleetbatchError, InvalidInput
+from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.tls import TlsFiles, ensure_tls_files
@@ -369,11 +369,8 @@ def _bind_failure(exc: OSError, host: str) -> str:
 
 
 def _uvicorn_log_level(name: str) -> int:
-    try:
-        return uvicorn.config.LOG_LEVELS[name.lower()]
-    except KeyError:
-        choices = ", ".join(uvicorn.config.LOG_LEVELS)
-        raise InvalidInput("log_level", f"must be one of {choices}") from None
+    # settings accept only uvicorn's level names
+    return uvicorn.config.LOG_LEVELS[name]
 
 
 def _configure_logging(level: int) -> None:

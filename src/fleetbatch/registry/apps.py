@@ -85,14 +85,6 @@ class AppService(Service):
                 raise AuthFailed("app id or secret is not right")
             return await require_app(conn, app_id)
 
-    async def set_throttle(self, app_id: str, per_min: int) -> None:
-        """Set how many northbound calls per minute the app may make."""
-        if per_min < 1:
-            raise InvalidInput("throttle_per_min", "must be at least 1")
-        async with self.store.write() as conn:
-            if not await app_rows.update_app_throttle(conn, app_id, per_min):
-                raise NotFound("app", app_id)
-
     async def secret_key_for(self, access_key: str) -> tuple[str, str]:
         """(project_id, SK) for an enabled access key; AuthFailed for any other key."""
         async with self.store.read() as conn:

@@ -126,7 +126,7 @@ class DeviceService(Service):
             if len(device_id) > 128:
                 raise InvalidInput("device_id", "product_id + '_' + node_id exceeds 128 characters")
             secret = spec.secret or new_secret()
-            tags = "{}" if not spec.tags else _json(spec.tags)
+            tags = json.dumps(spec.tags, separators=(",", ":"))
             rows.append(
                 (
                     device_id,
@@ -216,10 +216,7 @@ class DeviceService(Service):
         """Remove a device and its group memberships; Conflict while it has child devices."""
         async with self.store.write() as conn:
             device = await require_device(conn, project_id, device_id)
-            children = await device_rows.list_devices(
-                conn, project_id, PageRequest(limit=1), filters={"gateway_id": device_id}
-            )
-            if children.items:
+            if await device_rows.has_child_devices(conn, device_id):
                 raise Conflict(f"device {device_id!r} still has child devices")
             await device_rows.delete_device(conn, device.pk)
 
@@ -278,10 +275,6 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def new_node_ids(count: int, prefix: str | None = None) -> Iterator[str]:

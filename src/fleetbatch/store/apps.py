@@ -71,14 +71,6 @@ async def list_apps(conn: AsyncConnection, project_id: str | None = None) -> lis
     return [_app(row) for row in (await conn.execute(query)).all()]
 
 
-async def update_app_throttle(conn: AsyncConnection, app_id: str, per_min: int) -> bool:
-    """Set the app's call limit per minute; False when the app does not exist."""
-    result = await conn.execute(
-        apps.update().where(apps.c.app_id == app_id).values(throttle_per_min=per_min)
-    )
-    return result.rowcount == 1
-
-
 async def insert_access_key(
     conn: AsyncConnection, access_key: str, project_id: str, secret_key_enc: bytes, now_ms: int
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -152,8 +152,3 @@ async def _file_lock(path: Path | None) -> AsyncIterator[None]:
         yield
     finally:
         handle.close()
-
-
-def is_locked_error(exc: BaseException) -> bool:
-    """True for SQLite's 'database is locked' (busy timeout exceeded)."""
-    return isinstance(exc, OperationalError) and "locked" in str(exc.orig)

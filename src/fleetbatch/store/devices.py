@@ -149,6 +149,12 @@ async def list_devices(
     return Page(items=[device_from_row(row) for row in rows], count=count, marker=marker)
 
 
+async def has_child_devices(conn: AsyncConnection, device_id: str) -> bool:
+    """True when some device names this one as its gateway."""
+    query = select(devices.c.pk).where(devices.c.gateway_id == device_id).limit(1)
+    return (await conn.execute(query)).first() is not None
+
+
 async def update_device(conn: AsyncConnection, device_id: str, values: dict[str, Any]) -> None:
     """Change the given columns of a device."""
     if "tags" in values:

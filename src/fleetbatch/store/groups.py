@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import ColumnElement, Row, func, select
+from sqlalchemy import ColumnElement, Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.registry import Device, DeviceGroup, Page
@@ -105,18 +105,6 @@ async def remove_members(conn: AsyncConnection, group_id: str, device_pks: Seque
         )
     )
     return max(result.rowcount, 0)
-
-
-async def count_memberships(conn: AsyncConnection, device_pk: int) -> int:
-    """How many groups the device is in."""
-    query = select(func.count()).where(group_members.c.device_pk == device_pk)
-    return int((await conn.execute(query)).scalar_one())
-
-
-async def count_members(conn: AsyncConnection, group_id: str) -> int:
-    """How many devices the group holds."""
-    query = select(func.count()).where(group_members.c.group_id == group_id)
-    return int((await conn.execute(query)).scalar_one())
 
 
 async def list_members(conn: AsyncConnection, group_id: str, page: PageRequest) -> Page[Device]:
