@@ -17,11 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetbatch.domain.errors import FleetbatchError
-from fleetbatch.domain.registry import App, AppCredentials, NewDevice
+from fleetbatch.domain.registry import App, AppCredentials, Device, DeviceStatus, NewDevice
+from fleetbatch.domain.timefmt import to_iso_ms
 from fleetbatch.fleetfile import FleetFileWriter
 from fleetbatch.registry.devices import new_node_ids
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings, load_settings
+from fleetbatch.store.paging import PageRequest
 
 T = TypeVar("T")
 
@@ -34,6 +36,8 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Administration: apps, credentials, devices.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+devices_app = typer.Typer(help="Registered devices: status and last seen.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 
 err_console = Console(stderr=True)
 
@@ -103,8 +107,15 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="critical, error, warning, info, debug [default: info].")
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="mqtt://host:port of an external broker (EMQX, Mosquitto) that devices use "
+            "instead of fleetbatch's own MQTT ports."
+        ),
+    ] = None,
 ) -> None:
-    """Run everything in one process: the northbound APIs over HTTP and HTTPS."""
+    """Run everything in one process: the northbound APIs and the device side (MQTT)."""
     from fleetbatch import server
 
     settings = build_settings(
@@ -118,6 +129,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         log_level=log_level,
+        broker=broker,
     )
     raise typer.Exit(server.run(settings))
 
@@ -264,6 +276,105 @@ def list_apps(
     for row in rows:
         table.add_row(row["app_id"], row["project_id"], row["name"])
     Console().print(table)
+
+
+@devices_app.command("list")
+def list_devices(
+    app_id: Annotated[str, typer.Option("--app", help="The app whose devices to list.")],
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only devices in this status: ONLINE, OFFLINE, INACTIVE, FROZEN, ..."),
+    ] = None,
+    product_id: Annotated[str | None, typer.Option("--product-id")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=50, help="Devices per page.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, max=500, help="Skip this many.")] = 0,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A page of an app's devices, newest first, with status and last-seen time."""
+    settings = build_settings(data_dir=data_dir, database=database)
+    status_value = _device_status(status)
+
+    async def work(runtime: Runtime) -> tuple[int, list[Device]]:
+        found = await runtime.registry.apps.get(app_id)
+        filters: dict[str, Any] = {"app_id": app_id}
+        if status_value is not None:
+            filters["status"] = status_value
+        if product_id is not None:
+            filters["product_id"] = product_id
+        page = await runtime.registry.devices.page(
+            found.project_id, PageRequest(limit=limit, offset=offset), **filters
+        )
+        return page.count, page.items
+
+    count, items = run_with_runtime(settings, work)
+    rows = [_device_row(device) for device in items]
+    if json_out:
+        print(json.dumps({"count": count, "devices": rows}))
+        return
+    table = Table("device_id", "status", "last_seen", "active", title=f"{count:,} devices")
+    for row in rows:
+        table.add_row(
+            row["device_id"], row["status"], row["last_seen"] or "-", row["active"] or "-"
+        )
+    Console().print(table)
+
+
+@devices_app.command("show")
+def show_device(
+    device_id: Annotated[str, typer.Argument(help="The device id.")],
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One device: status, last seen, first activity, versions, gateway."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> Device | None:
+        return await runtime.registry.devices.find(device_id)
+
+    device = run_with_runtime(settings, work)
+    if device is None:
+        raise fail(f"no device {device_id}")
+    row = _device_row(device)
+    if json_out:
+        print(json.dumps(row))
+        return
+    table = Table("field", "value", title=device_id)
+    for key, value in row.items():
+        table.add_row(key, "-" if value is None else str(value))
+    Console().print(table)
+
+
+def _device_status(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return DeviceStatus(text.upper()).value
+    except ValueError:
+        choices = ", ".join(s.value for s in DeviceStatus)
+        raise fail(f"--status must be one of {choices}, not {text!r}", 2) from None
+
+
+def _device_row(device: Device) -> dict[str, Any]:
+    def when(ms: int | None) -> str | None:
+        return None if ms is None else to_iso_ms(ms)
+
+    return {
+        "device_id": device.device_id,
+        "node_id": device.node_id,
+        "product_id": device.product_id,
+        "app_id": device.app_id,
+        "status": device.status.value,
+        "last_seen": when(device.last_seen_at_ms),
+        "active": when(device.active_at_ms),
+        "status_changed": when(device.status_changed_at_ms),
+        "created": when(device.created_at_ms),
+        "gateway_id": device.gateway_id,
+        "fw_version": device.fw_version,
+        "sw_version": device.sw_version,
+    }
 
 
 @app.command()

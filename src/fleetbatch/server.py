@@ -1,9 +1,10 @@
-"""`fleetbatch serve`: the API on HTTP and HTTPS over one runtime, in one event loop.
+"""`fleetbatch serve`: the API on HTTP and HTTPS and the device side, over one runtime.
 
-Startup order matters: the ports are bound first, so a second server on the same ports
-fails at once (exit code 2) without touching the database or the TLS files; then the TLS
-files, the runtime (which migrates the store) and the app's lifespan; then uvicorn serves
-on the bound sockets, and `/health` turns ok once every listener accepts.
+Startup order matters: the ports are bound first (HTTP, HTTPS, and MQTT and MQTTS unless an
+external broker carries the devices), so a second server on the same ports fails at once
+(exit code 2) without touching the database or the TLS files; then the TLS files, the
+runtime (which migrates the store), the device channel and the app's lifespan; then uvicorn
+serves on the bound sockets, and `/health` turns ok once every listener accepts.
 
 The runner, not uvicorn, owns SIGINT and SIGTERM: the first asks every listener to stop
 (requests in flight get `shutdown_timeout_s`), a second stops waiting for them.
@@ -31,10 +32,14 @@ import uvicorn.config
 from fastapi import FastAPI
 
 from fleetbatch.api import Phase, create_app, set_phase
+from fleetbatch.devices.authenticator import DeviceAuthenticator
+from fleetbatch.devices.channel import DeviceChannel
+from fleetbatch.devices.presence import PresenceRecorder
+from fleetbatch.devices.transport import BuiltinTransport
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
-from fleetbatch.tls import TlsFiles, ensure_tls_files
+from fleetbatch.tls import TlsFiles, device_ssl_context, ensure_tls_files
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,6 +83,8 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanup = contextlib.AsyncExitStack()
         self._stop_requested = asyncio.Event()
+        self.channel: DeviceChannel | None = None
+        self.presence: PresenceRecorder | None = None
         self._began = False
         self._stopped = False
 
@@ -92,10 +99,25 @@ class Server:
         return self._ports["https"]
 
     @property
+    def mqtt_port(self) -> int:
+        """The bound plain MQTT port of the built-in device transport."""
+        return self._ports["mqtt"]
+
+    @property
+    def mqtts_port(self) -> int:
+        """The bound MQTT-over-TLS port of the built-in device transport."""
+        return self._ports["mqtts"]
+
+    @property
     def urls(self) -> list[str]:
         """The base URL of each listener."""
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        return [f"http://{host}:{self.http_port}", f"https://{host}:{self.https_port}"]
+        urls = [f"http://{host}:{self.http_port}", f"https://{host}:{self.https_port}"]
+        if "mqtt" in self._ports:
+            urls += [f"mqtt://{host}:{self.mqtt_port}", f"mqtts://{host}:{self.mqtts_port}"]
+        elif self.settings.broker:
+            urls.append(f"(devices via {self.settings.broker})")
+        return urls
 
     async def start(self) -> None:
         """Bind, prepare TLS, open the runtime and serve; returns once every listener accepts.
@@ -113,11 +135,14 @@ class Server:
             self.tls = await asyncio.to_thread(ensure_tls_files, self.settings)
             self.runtime = await Runtime.open(self.settings)
             self._cleanup.push_async_callback(self.runtime.close)
+            await self._start_devices(self.runtime)
             self.app = create_app(self.runtime)
+            self.app.state.channel = self.channel
+            self.app.state.presence = self.presence
             # the app's lifespan runs once here, not once per uvicorn listener
             await self._cleanup.enter_async_context(self.app.router.lifespan_context(self.app))
-            for name, sock in self._sockets.items():
-                self._start_listener(name, sock, log_level)
+            for name in ("http", "https"):
+                self._start_listener(name, self._sockets[name], log_level)
             await self._until_listening()
             set_phase(self.app, Phase.READY)
         except BaseException:
@@ -157,9 +182,10 @@ class Server:
         try:
             await self._finish_listeners()
         finally:
+            # the device transport's servers own the MQTT sockets until they are closed
+            await self._close_runtime()
             for sock in self._sockets.values():
                 sock.close()
-            await self._close_runtime()
         for task in self._tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 raise error
@@ -206,17 +232,78 @@ class Server:
             "http": (self.settings.http_port, "--http-port"),
             "https": (self.settings.https_port, "--https-port"),
         }
+        if not self.settings.broker:
+            wanted["mqtt"] = (self.settings.mqtt_port, "--mqtt-port")
+            wanted["mqtts"] = (self.settings.mqtts_port, "--mqtts-port")
         try:
             for name, (port, flag) in wanted.items():
                 self._sockets[name] = bind_listener(host, port, flag)
                 self._ports[name] = int(self._sockets[name].getsockname()[1])
-            # TODO(issue 5): bind settings.mqtt_port (--mqtt-port) and settings.mqtts_port
-            # (--mqtts-port) here, before the database opens, and start the device transport
-            # on them in start() before the app is marked ready.
         except BaseException:
             for sock in self._sockets.values():
                 sock.close()
             raise
+
+    async def _start_devices(self, runtime: Runtime) -> None:
+        """The device channel: the built-in transport on the MQTT ports, or a broker client.
+
+        Closed (in reverse order) before the runtime: the channel first, so every
+        disconnect is recorded, then a last presence flush.
+        """
+        settings = self.settings
+        self.presence = presence = PresenceRecorder(
+            runtime.registry, flush_s=settings.presence_flush_s
+        )
+        presence_task = asyncio.create_task(presence.run(), name="fleetbatch-presence")
+
+        async def stop_presence() -> None:
+            presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await presence_task
+            await presence.flush()
+
+        self._cleanup.push_async_callback(stop_presence)
+        channel: DeviceChannel
+        if settings.broker:
+            # only a broker deployment needs the MQTT client library loaded
+            from fleetbatch.devices.broker import BrokerChannel
+
+            channel = BrokerChannel(
+                settings.broker,
+                client_id=settings.broker_client_id,
+                username=settings.broker_username,
+                password=(
+                    settings.broker_password.get_secret_value()
+                    if settings.broker_password
+                    else None
+                ),
+                share_group=settings.broker_share_group or None,
+                ca_file=settings.broker_ca_file,
+                clock=runtime.clock,
+                connect_timeout_s=settings.mqtt_connect_timeout_s,
+            )
+            self._cleanup.push_async_callback(channel.close)
+            await channel.start()
+        else:
+            # no device is connected to a server that is only starting
+            await runtime.registry.devices.mark_all_offline()
+            authenticator = DeviceAuthenticator(
+                runtime.registry, runtime.clock, tolerance_s=settings.mqtt_timestamp_tolerance_s
+            )
+            transport = BuiltinTransport(
+                authenticator,
+                runtime.clock,
+                presence=presence,
+                max_packet_bytes=settings.mqtt_max_packet_bytes,
+                connect_timeout_s=settings.mqtt_connect_timeout_s,
+            )
+            channel = transport
+            self._cleanup.push_async_callback(transport.close)
+            await transport.start()
+            assert self.tls is not None
+            await transport.listen(self._sockets["mqtt"])
+            await transport.listen(self._sockets["mqtts"], device_ssl_context(self.tls))
+        self.channel = channel
 
     def _start_listener(self, name: str, sock: socket.socket, log_level: int) -> None:
         assert self.app is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,36 @@ class Settings(BaseSettings):
     default_throttle_per_min: int = Field(100, ge=1)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    broker: str | None = Field(
+        None,
+        description="mqtt://host:port (or mqtts://) of an external broker; "
+        "default: devices connect to fleetbatch's own MQTT ports.",
+    )
+    broker_username: str = Field(
+        "fleetbatch-platform", description="The platform's own account on the external broker."
+    )
+    broker_password: SecretStr | None = Field(
+        None, description="Password of that account; the EMQX auth endpoint accepts it."
+    )
+    broker_client_id: str = Field("fleetbatch-platform", min_length=1, max_length=64)
+    broker_share_group: str | None = Field(
+        "fleetbatch", description="$share group for uplink subscriptions; empty: plain ones."
+    )
+    broker_ca_file: Path | None = None
+    mqtt_timestamp_tolerance_s: int = Field(
+        3600, ge=0, description="Sign type 1: how far a device's hour stamp may be from now."
+    )
+    mqtt_max_packet_bytes: int = Field(1024 * 1024, ge=128, le=268_435_455)
+    mqtt_connect_timeout_s: float = Field(10.0, gt=0)
+    presence_flush_s: float = Field(0.5, gt=0, description="How often presence is persisted.")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_broker_url(value)
+        return value
 
     @field_validator("database")
     @classmethod
@@ -84,6 +115,21 @@ def normalize_database_url(url: str) -> str:
     if base == "sqlite":
         return f"sqlite+aiosqlite://{rest}"
     raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+
+
+def parse_broker_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of `mqtt://host[:port]` or `mqtts://host[:port]`; ValueError else."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts") or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port, not {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker port must be a number 1-65535 in {url!r}") from None
+    if not parts.hostname or port == 0:
+        raise ValueError(f"broker URL needs a host and a port 1-65535: {url!r}")
+    return scheme, parts.hostname, port or (8883 if scheme == "mqtts" else 1883)
 
 
 def load_settings(**overrides: Any) -> Settings:

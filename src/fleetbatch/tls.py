@@ -85,6 +85,13 @@ def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+def device_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """The MQTTS context: Huawei's device SDK speaks TLS 1.2 and checks us against its CA file."""
+    context = server_ssl_context(files)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def server_names(host: str) -> list[str]:
     """The names and addresses the generated server certificate covers."""
     names = ["localhost", "127.0.0.1", "::1"]

@@ -166,6 +166,21 @@ class DeviceService(Service):
         status, secret_enc = found
         return status, self.vault.decrypt(secret_enc)
 
+    async def record_presence(
+        self,
+        online: Sequence[tuple[str, int]],
+        offline: Sequence[tuple[str, int, int | None]],
+        seen: Sequence[tuple[str, int]],
+    ) -> None:
+        """Persist a batch of connects, disconnects and last-seen times (see the store)."""
+        async with self.store.write() as conn:
+            await device_rows.record_presence(conn, online, offline, seen)
+
+    async def mark_all_offline(self) -> int:
+        """No device is connected yet: every ONLINE status is stale (a restart, a crash)."""
+        async with self.store.write() as conn:
+            return await device_rows.mark_all_offline(conn, self.clock.now_ms())
+
     async def page(
         self, project_id: str, page: PageRequest | None = None, **filters: Any
     ) -> Page[Device]:

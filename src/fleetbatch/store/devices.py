@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, String, bindparam, func, literal, select
+from sqlalchemy import ColumnElement, Row, Select, String, bindparam, case, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -166,3 +166,71 @@ async def delete_device(conn: AsyncConnection, device_pk: int) -> None:
     """Remove a device and its group memberships."""
     await conn.execute(group_members.delete().where(group_members.c.device_pk == device_pk))
     await conn.execute(devices.delete().where(devices.c.pk == device_pk))
+
+
+# A frozen device keeps its status through connects and disconnects; any other becomes
+# ONLINE when it connects. (A literal, not IN: executemany cannot expand lists.)
+_NOT_FROZEN = devices.c.status != literal(DeviceStatus.FROZEN.value)
+
+
+async def record_presence(
+    conn: AsyncConnection,
+    online: Sequence[tuple[str, int]],
+    offline: Sequence[tuple[str, int, int | None]],
+    seen: Sequence[tuple[str, int]],
+) -> None:
+    """Apply a batch of presence changes (times in epoch ms).
+
+    `online`: (device_id, connected_at); `offline`: (device_id, disconnected_at, connected_at
+    if it also connected within this batch, else None); `seen`: (device_id, last activity).
+    """
+    d = devices.c
+    if online:
+        statement = (
+            devices.update()
+            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN)
+            .values(
+                status=DeviceStatus.ONLINE.value,
+                active_at=func.coalesce(d.active_at, bindparam("b_at")),
+                last_seen_at=bindparam("b_at"),
+                status_changed_at=bindparam("b_at"),
+            )
+        )
+        await conn.execute(statement, [{"b_id": i, "b_at": at} for i, at in online])
+    if offline:
+        statement = (
+            devices.update()
+            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN)
+            .values(
+                status=DeviceStatus.OFFLINE.value,
+                active_at=func.coalesce(d.active_at, bindparam("b_on")),
+                last_seen_at=bindparam("b_at"),
+                status_changed_at=bindparam("b_at"),
+            )
+        )
+        rows = [{"b_id": i, "b_at": at, "b_on": on} for i, at, on in offline]
+        await conn.execute(statement, rows)
+    if seen:
+        statement = (
+            devices.update()
+            .where(d.device_id == bindparam("b_id"))
+            # never move last-seen backwards (an older touch flushed after a newer change)
+            .values(
+                last_seen_at=case(
+                    (func.coalesce(d.last_seen_at, 0) < bindparam("b_at"), bindparam("b_at")),
+                    else_=d.last_seen_at,
+                )
+            )
+        )
+        await conn.execute(statement, [{"b_id": i, "b_at": at} for i, at in seen])
+
+
+async def mark_all_offline(conn: AsyncConnection, at_ms: int) -> int:
+    """Every ONLINE device becomes OFFLINE (no connection survives a restart); returns how many."""
+    statement = (
+        devices.update()
+        .where(devices.c.status == DeviceStatus.ONLINE.value)
+        .values(status=DeviceStatus.OFFLINE.value, status_changed_at=at_ms)
+    )
+    result = await conn.execute(statement)
+    return max(result.rowcount, 0)
