@@ -278,6 +278,62 @@ def list_apps(
     Console().print(table)
 
 
+@app.command()
+def sim(
+    fleet: Annotated[Path, typer.Option("--fleet", help="Fleet file from `admin create-devices`.")],
+    mqtt: Annotated[
+        str, typer.Option("--mqtt", help="Where devices connect: mqtt://host:port or mqtts://.")
+    ] = "mqtt://127.0.0.1:1883",
+    processes: Annotated[int, typer.Option(help="Simulator processes sharing the fleet.")] = 1,
+    behavior: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--behavior",
+            help="[selector:]key=value[,key=value]; repeatable, later ones win. Keys: latency "
+            "(e.g. uniform:5,50 ms), fail_rate, fail_code, silent, flaky (mean s between drops), "
+            "report_interval_s, shadow_on_connect. Selector: a device id, a glob, or N%.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed, the same behaviour.")] = 0,
+    subscribe: Annotated[
+        bool, typer.Option("--subscribe", help="Subscribe to system topics (external brokers).")
+    ] = False,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="CA to verify an mqtts:// server with.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds.")
+    ] = None,
+    sign_type: Annotated[
+        str, typer.Option(help="Password sign type: 1 (time checked) or 0.")
+    ] = "1",
+    qos: Annotated[int, typer.Option(help="QoS of the devices' publishes (0 or 1).")] = 1,
+    connect_concurrency: Annotated[
+        int, typer.Option(help="CONNECTs in flight at once per process.")
+    ] = 200,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulate the fleet's devices: each connects with its own credentials and answers."""
+    from fleetbatch.sim.command import run_sim
+
+    raise typer.Exit(
+        run_sim(
+            fleet=fleet,
+            mqtt=mqtt,
+            processes=processes,
+            behaviors=behavior or [],
+            seed=seed,
+            subscribe=subscribe,
+            ca_file=ca_file,
+            duration_s=duration,
+            json_output=json_out,
+            sign_type=sign_type,
+            qos=qos,
+            connect_concurrency=connect_concurrency,
+        )
+    )
+
+
 @devices_app.command("list")
 def list_devices(
     app_id: Annotated[str, typer.Option("--app", help="The app whose devices to list.")],

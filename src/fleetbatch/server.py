@@ -112,12 +112,15 @@ class Server:
     def urls(self) -> list[str]:
         """The base URL of each listener."""
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        urls = [f"http://{host}:{self.http_port}", f"https://{host}:{self.https_port}"]
-        if "mqtt" in self._ports:
-            urls += [f"mqtt://{host}:{self.mqtt_port}", f"mqtts://{host}:{self.mqtts_port}"]
-        elif self.settings.broker:
-            urls.append(f"(devices via {self.settings.broker})")
-        return urls
+        return [f"http://{host}:{self.http_port}", f"https://{host}:{self.https_port}"]
+
+    @property
+    def device_urls(self) -> list[str]:
+        """Where devices connect: the built-in MQTT listeners, or the external broker."""
+        if self.settings.broker:
+            return [self.settings.broker]
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return [f"mqtt://{host}:{self.mqtt_port}", f"mqtts://{host}:{self.mqtts_port}"]
 
     async def start(self) -> None:
         """Bind, prepare TLS, open the runtime and serve; returns once every listener accepts.
@@ -207,7 +210,8 @@ class Server:
             try:
                 assert self.runtime is not None
                 print(
-                    f"fleetbatch: serving {' '.join(self.urls)} "
+                    f"fleetbatch: serving {' '.join(self.urls)}, "
+                    f"devices on {' '.join(self.device_urls)} "
                     f"(data dir {self.settings.data_dir.resolve()}, "
                     f"database {self.runtime.store.dialect})",
                     file=sys.stderr,

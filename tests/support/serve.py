@@ -30,6 +30,8 @@ class ServeProcess:
     data_dir: Path
     http_port: int
     https_port: int
+    mqtt_port: int = 0
+    mqtts_port: int = 0
 
     @property
     def http_url(self) -> str:
@@ -51,7 +53,14 @@ class ServeProcess:
 
 
 def spawn(data_dir: Path, http_port: int, https_port: int, *flags: str) -> ServeProcess:
-    """Start `fleetbatch serve` with these ports (and extra `flags`, e.g. `--database`)."""
+    """Start `fleetbatch serve` with these ports (and extra `flags`, e.g. `--database`).
+
+    The MQTT ports are free ones too, unless `flags` name them or an external broker.
+    """
+    mqtt_port = mqtts_port = 0
+    if not any(flag in ("--mqtt-port", "--mqtts-port", "--broker") for flag in flags):
+        mqtt_port, mqtts_port = free_port(), free_port()
+        flags = (*flags, "--mqtt-port", str(mqtt_port), "--mqtts-port", str(mqtts_port))
     proc = subprocess.Popen(
         [
             *FLEETBATCH,
@@ -70,7 +79,7 @@ def spawn(data_dir: Path, http_port: int, https_port: int, *flags: str) -> Serve
         stderr=subprocess.PIPE,
         text=True,
     )
-    return ServeProcess(proc, data_dir, http_port, https_port)
+    return ServeProcess(proc, data_dir, http_port, https_port, mqtt_port, mqtts_port)
 
 
 def health(url: str, **client_options: object) -> httpx.Response | None:

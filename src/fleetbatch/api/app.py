@@ -30,6 +30,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.phase = Phase.STARTING
     app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
+    app.state.channel = None
+    app.state.presence = None
+    if runtime.settings.broker:
+        # the external broker asks these who may connect, publish and subscribe
+        from fleetbatch.api.emqx import router as emqx_router
+
+        app.include_router(emqx_router)
     return app
 
 

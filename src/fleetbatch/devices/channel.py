@@ -97,18 +97,24 @@ class ExpiryWheel:
 
     def __init__(self, *, resolution_s: float = SWEEP_INTERVAL_S) -> None:
         self._resolution_s = resolution_s
-        self._slots: dict[int, list[tuple[asyncio.Future[Any], Callable[[], BaseException]]]] = {}
+        self._slots: dict[
+            int, list[tuple[asyncio.Future[Any], Callable[[Any], BaseException], Any]]
+        ] = {}
         self._swept_slot = self._slot(time.monotonic())
 
     def _slot(self, at: float) -> int:
         return math.ceil(at / self._resolution_s)
 
     def add(
-        self, future: asyncio.Future[Any], timeout_s: float, expire: Callable[[], BaseException]
+        self,
+        future: asyncio.Future[Any],
+        timeout_s: float,
+        expire: Callable[[Any], BaseException],
+        key: Any = None,
     ) -> None:
-        """Fail `future` with `expire()` once `timeout_s` has passed (to one resolution)."""
+        """Fail `future` with `expire(key)` once `timeout_s` has passed (to one resolution)."""
         slot = max(self._slot(time.monotonic() + timeout_s), self._swept_slot + 1)
-        entry = (future, expire)
+        entry = (future, expire, key)
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = [entry]
@@ -124,9 +130,9 @@ class ExpiryWheel:
         else:
             due = list(range(self._swept_slot + 1, now_slot + 1))
         for slot in due:
-            for future, expire in self._slots.pop(slot, ()):
+            for future, expire, key in self._slots.pop(slot, ()):
                 if not future.done():
-                    future.set_exception(expire())
+                    future.set_exception(expire(key))
                     expired += 1
         self._swept_slot = max(self._swept_slot, now_slot)
         return expired
@@ -137,12 +143,12 @@ class ExpiryWheel:
             await asyncio.sleep(self._resolution_s)
             self.sweep()
 
-    def fail_all(self, error: Callable[[], BaseException] | None = None) -> None:
-        """Fail every pending future now (the owner is closing)."""
+    def fail_all(self) -> None:
+        """Fail every pending future now, as if its deadline had passed (the owner is closing)."""
         for slot in sorted(self._slots):
-            for future, expire in self._slots[slot]:
+            for future, expire, key in self._slots[slot]:
                 if not future.done():
-                    future.set_exception((error or expire)())
+                    future.set_exception(expire(key))
         self._slots.clear()
 
 
@@ -162,14 +168,14 @@ class PendingReplies:
             raise ValueError(f"an answer on {topic} is awaited already")
         future: asyncio.Future[Uplink] = asyncio.get_running_loop().create_future()
         self._waiting[topic] = future
-
-        def expire() -> BaseException:
-            if self._waiting.get(topic) is future:
-                del self._waiting[topic]
-            return NoResponse(device_id, timeout_s)
-
-        self._wheel.add(future, timeout_s, expire)
+        self._wheel.add(future, timeout_s, self._expire, (topic, future, device_id, timeout_s))
         return future
+
+    def _expire(self, key: tuple[str, asyncio.Future[Uplink], str, float]) -> BaseException:
+        topic, future, device_id, timeout_s = key
+        if self._waiting.get(topic) is future:
+            del self._waiting[topic]
+        return NoResponse(device_id, timeout_s)
 
     def waiting_for(self, topic: str) -> bool:
         """Whether a request awaits an answer on `topic`."""

@@ -23,7 +23,11 @@ def device_prefix(device_id: str) -> str:
 # --- downlinks (platform -> device) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Downlinks and uplinks are made once per message on the hot path: plain slotted classes,
+# since a frozen dataclass's __init__ costs about twice as much. Treat them as immutable.
+
+
+@dataclass(slots=True)
 class Downlink:
     """One message for one device; `response_topic` is where the device answers, if it does."""
 
@@ -151,7 +155,7 @@ def shadow_response(
 # --- uplinks (device -> platform) -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Uplink:
     """Something a device published. `body` is the parsed JSON, None when it is not JSON."""
 
@@ -162,7 +166,7 @@ class Uplink:
     body: Any = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandResponse(Uplink):
     """T2: `result_code` 0 is success; None when the device sent no usable code."""
 
@@ -172,7 +176,7 @@ class CommandResponse(Uplink):
     paras: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PropertiesSetResponse(Uplink):
     """T7: `result_code` 0 is success."""
 
@@ -181,7 +185,7 @@ class PropertiesSetResponse(Uplink):
     result_desc: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PropertiesGetResponse(Uplink):
     """T9: the property values, in the report's item shape."""
 
@@ -189,7 +193,7 @@ class PropertiesGetResponse(Uplink):
     services: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ShadowRequest(Uplink):
     """T10: a device asks for its shadow (`object_device_id` for a gateway's sub-device)."""
 
@@ -198,19 +202,19 @@ class ShadowRequest(Uplink):
     service_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PropertiesReport(Uplink):
     """T5: `services` items are `{"service_id", "properties", "event_time"?}`."""
 
     services: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageUp(Uplink):
     """T4: a device message; `body` holds its JSON when it is JSON, else use `payload`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventsUp(Uplink):
     """T13: device events (OTA reports, time sync requests, ...)."""
 
@@ -218,14 +222,14 @@ class EventsUp(Uplink):
     services: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GatewayReport(Uplink):
     """T14: a gateway reports properties of its sub-devices."""
 
     devices: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtherUplink(Uplink):
     """A custom `user/...` topic, or a system topic fleetbatch does not interpret."""
 

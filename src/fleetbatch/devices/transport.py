@@ -29,7 +29,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from fleetbatch.clock import Clock
 from fleetbatch.devices.authenticator import AuthResult, DeviceAuthenticator
@@ -348,8 +348,8 @@ class MqttConnection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         self.opened_at = self.last_rx = time.monotonic()
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -357,7 +357,7 @@ class MqttConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.server._closing:
-            transport.abort()
+            self.transport.abort()
             return
         self.server.connections.add(self)
 

@@ -1,0 +1,419 @@
+"""Device transport benchmark: the built-in MQTT transport against Mosquitto, in one run.
+
+    python bench/transport.py [--devices 1000,5000] [--window-s 10] [--in-flight 200]
+
+For each fleet size, the same simulated devices (`fleetbatch sim`, its own process) are
+driven twice through the device channel with the same load — `--in-flight` synchronous
+commands kept in flight, QoS 1 both ways, for `--window-s` seconds:
+
+- built-in: devices connect to fleetbatch's own transport (HMAC auth against the store);
+- mosquitto: devices connect to a Mosquitto broker (anonymous, explicit subscriptions) and
+  the platform is a gmqtt client of it (`BrokerChannel`), as in a scale-out deployment.
+
+Printed per size: devices connected per second and the platform's RSS growth per connected
+device (built-in), round trips per second for both and their ratio, and the CPU share of
+the simulator and of the platform during the window (from /proc, so the simulator is seen
+not to be the bottleneck). Goal (issue 5): built-in >= 2.0x Mosquitto at 5,000 devices,
+>= 2.5x at 1,000; RSS growth <= 5 kB per device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+from support.mosquitto import MosquittoBroker
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the platform side (a child process) ---------------------------------------------------
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def platform_main(args: argparse.Namespace) -> None:
+    from fleetbatch.devices import topics
+    from fleetbatch.devices.authenticator import DeviceAuthenticator
+    from fleetbatch.devices.channel import DeviceChannel, NoResponse
+    from fleetbatch.devices.presence import PresenceRecorder
+    from fleetbatch.devices.transport import BuiltinTransport
+    from fleetbatch.runtime import Runtime
+    from fleetbatch.server import bind_listener
+    from fleetbatch.settings import Settings
+
+    fleet_text = await asyncio.to_thread(Path(args.fleet).read_text)
+    device_ids: list[str] = [d["device_id"] for d in json.loads(fleet_text)["devices"]]
+    settings = Settings(data_dir=Path(args.data_dir))
+    runtime = await Runtime.open(settings)
+    presence = PresenceRecorder(runtime.registry, flush_s=0.5)
+    presence_task = asyncio.create_task(presence.run())
+    channel: DeviceChannel
+    transport: BuiltinTransport | None = None
+    if args.mode == "builtin":
+        authenticator = DeviceAuthenticator(runtime.registry, runtime.clock, tolerance_s=3600)
+        transport = BuiltinTransport(authenticator, runtime.clock, presence=presence)
+        await transport.start()
+        sock = bind_listener("127.0.0.1", 0, "--mqtt-port")
+        await transport.listen(sock)
+        channel = transport
+        port = sock.getsockname()[1]
+    else:
+        from fleetbatch.devices.broker import BrokerChannel
+
+        channel = BrokerChannel(
+            args.broker,
+            client_id="fleetbatch-bench",
+            username=None,
+            password=None,
+            share_group=None,
+            ca_file=None,
+            clock=runtime.clock,
+        )
+        await channel.start()
+        port = 0
+    gc.collect()
+    rss_before = rss_kb()
+    emit("listening", port=port, rss_kb=rss_before)
+
+    n = len(device_ids)
+    if transport is not None:
+        first = None
+        while len(transport.sessions) < n:
+            if first is None and transport.sessions:
+                first = time.perf_counter()
+            await asyncio.sleep(0.005)
+        connect_s = time.perf_counter() - (first or time.perf_counter())
+        emit("connected", devices=n, connect_s=connect_s)
+
+    # every device answers once: proves its connection (and, via a broker, its subscriptions)
+    counter = 0
+
+    def next_id() -> str:
+        nonlocal counter
+        counter += 1
+        return f"b{counter}"
+
+    waiting = list(device_ids)
+    warm_deadline = time.monotonic() + 120
+    sem = asyncio.Semaphore(args.in_flight)
+    while waiting and time.monotonic() < warm_deadline:
+
+        async def probe(device_id: str) -> str | None:
+            async with sem:
+                try:
+                    await channel.request(topics.command(device_id, next_id()), timeout_s=5)
+                except (NoResponse, Exception):
+                    return device_id
+                return None
+
+        results = await asyncio.gather(*(probe(d) for d in waiting))
+        waiting = [d for d in results if d is not None]
+    if waiting:
+        emit("error", message=f"{len(waiting)} devices never answered")
+        return
+    gc.collect()
+    rss_after = rss_kb()
+    emit("ready", rss_kb=rss_after)
+
+    # the window: in_flight workers, each with its own slice of devices, one command at a time
+    done = 0
+    failed = 0
+    stop_at = 0.0
+
+    async def worker(index: int) -> None:
+        nonlocal done, failed
+        mine = device_ids[index :: args.in_flight] or device_ids
+        i = 0
+        while time.perf_counter() < stop_at:
+            device_id = mine[i % len(mine)]
+            i += 1
+            try:
+                await channel.request(
+                    topics.command(device_id, next_id(), service_id="s", command_name="c"),
+                    timeout_s=10,
+                )
+                done += 1
+            except NoResponse:
+                failed += 1
+
+    warm = time.perf_counter() + args.warmup_s
+    stop_at = warm
+    await asyncio.gather(*(worker(i) for i in range(args.in_flight)))
+    done = failed = 0
+    cpu0 = time.process_time()
+    emit("window_start")
+    started = time.perf_counter()
+    stop_at = started + args.window_s
+    await asyncio.gather(*(worker(i) for i in range(args.in_flight)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    emit(
+        "window_end",
+        round_trips=done,
+        failed=failed,
+        window_s=elapsed,
+        cpu_s=cpu,
+        rss_before_kb=rss_before,
+        rss_after_kb=rss_after,
+    )
+    presence_task.cancel()
+    await channel.close()
+    await runtime.close()
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    found = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for kid in kids:
+        found.extend(children_of(int(kid)))
+    return found
+
+
+def make_fleet(data_dir: Path, count: int, fleet: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetbatch",
+            "admin",
+            "create-app",
+            "--name",
+            "bench",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    apps = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fleetbatch",
+                "admin",
+                "list-apps",
+                "--data-dir",
+                str(data_dir),
+                "--json",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetbatch",
+            "admin",
+            "create-devices",
+            "--app",
+            apps[0]["app_id"],
+            "--count",
+            str(count),
+            "--out",
+            str(fleet),
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def subset(fleet: Path, count: int, out: Path) -> None:
+    data = json.loads(fleet.read_text())
+    data["devices"] = data["devices"][:count]
+    out.write_text(json.dumps(data))
+    out.chmod(0o600)
+
+
+def run_mode(
+    mode: str, fleet: Path, data_dir: Path, args: argparse.Namespace, broker: MosquittoBroker
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--platform",
+        "--mode",
+        mode,
+        "--fleet",
+        str(fleet),
+        "--data-dir",
+        str(data_dir),
+        "--broker",
+        broker.url,
+        "--in-flight",
+        str(args.in_flight),
+        "--window-s",
+        str(args.window_s),
+        "--warmup-s",
+        str(args.warmup_s),
+    ]
+    platform = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert platform.stdout is not None
+    events: dict[str, dict[str, Any]] = {}
+    sim: subprocess.Popen[str] | None = None
+    sim_cpu0 = plat_cpu0 = 0.0
+    try:
+        for line in platform.stdout:
+            event = json.loads(line)
+            events[event["event"]] = event
+            if event["event"] == "listening":
+                url = f"mqtt://127.0.0.1:{event['port']}" if mode == "builtin" else broker.url
+                sim_cmd = [
+                    sys.executable,
+                    "-m",
+                    "fleetbatch",
+                    "sim",
+                    "--fleet",
+                    str(fleet),
+                    "--mqtt",
+                    url,
+                    "--json",
+                    "--processes",
+                    str(args.sim_processes),
+                ]
+                if mode != "builtin":
+                    sim_cmd.append("--subscribe")
+                sim = subprocess.Popen(
+                    sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+                )
+            elif event["event"] == "window_start":
+                assert sim is not None
+                sim_cpu0 = proc_cpu_s(children_of(sim.pid))
+                plat_cpu0 = proc_cpu_s([platform.pid])
+                window_started = time.perf_counter()
+            elif event["event"] == "window_end":
+                assert sim is not None
+                wall = time.perf_counter() - window_started
+                events["sim_cpu_share"] = {
+                    "value": (proc_cpu_s(children_of(sim.pid)) - sim_cpu0) / wall
+                }
+                events["platform_cpu_share"] = {
+                    "value": (proc_cpu_s([platform.pid]) - plat_cpu0) / wall
+                }
+            elif event["event"] == "error":
+                raise SystemExit(f"{mode}: {event['message']}")
+        platform.wait(timeout=60)
+    finally:
+        if platform.poll() is None:
+            platform.kill()
+        if sim is not None:
+            sim.send_signal(signal.SIGINT)
+            try:
+                sim.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+    return events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", default="1000,5000")
+    parser.add_argument("--window-s", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--sim-processes", type=int, default=1)
+    parser.add_argument("--platform", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--fleet", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--broker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.platform:
+        import uvloop
+
+        uvloop.run(platform_main(args))
+        return
+
+    sizes = [int(s) for s in args.devices.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="fbbench-transport-"))
+    data_dir = work / "data"
+    full = work / "fleet.json"
+    print(f"registering {max(sizes):,} devices ...", file=sys.stderr)
+    make_fleet(data_dir, max(sizes), full)
+    broker = MosquittoBroker.start()
+    print(
+        f"machine: {os.cpu_count()} cores; window {args.window_s:g} s, {args.in_flight} in "
+        f"flight, QoS 1 both ways, simulator processes {args.sim_processes}"
+    )
+    try:
+        for n in sizes:
+            fleet = work / f"fleet-{n}.json"
+            subset(full, n, fleet)
+            results = {
+                mode: run_mode(mode, fleet, data_dir, args, broker)
+                for mode in ("builtin", "mosquitto")
+            }
+            b, m = results["builtin"], results["mosquitto"]
+            b_rate = b["window_end"]["round_trips"] / b["window_end"]["window_s"]
+            m_rate = m["window_end"]["round_trips"] / m["window_end"]["window_s"]
+            growth = (b["window_end"]["rss_after_kb"] - b["window_end"]["rss_before_kb"]) * 1024 / n
+            print(f"\n== {n:,} devices ==")
+            print(
+                f"  built-in: connected {n / b['connected']['connect_s']:,.0f} devices/s "
+                f"({b['connected']['connect_s']:.2f} s); platform RSS "
+                f"{b['window_end']['rss_before_kb'] / 1024:.0f} -> "
+                f"{b['window_end']['rss_after_kb'] / 1024:.0f} MB = {growth / 1024:.2f} kB/device"
+            )
+            for name, r, rate in (("built-in", b, b_rate), ("mosquitto", m, m_rate)):
+                print(
+                    f"  {name:9}: {rate:,.0f} round trips/s (failed {r['window_end']['failed']}); "
+                    f"CPU share during window: platform {r['platform_cpu_share']['value']:.0%}, "
+                    f"simulator {r['sim_cpu_share']['value']:.0%} of one core"
+                )
+            print(f"  ratio built-in / mosquitto: {b_rate / m_rate:.2f}x")
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
