@@ -290,8 +290,9 @@ def sim(
         typer.Option(
             "--behavior",
             help="[selector:]key=value[,key=value]; repeatable, later ones win. Keys: latency "
-            "(e.g. uniform:5,50 ms), fail_rate, fail_code, silent, flaky (mean s between drops), "
-            "report_interval_s, shadow_on_connect. Selector: a device id, a glob, or N%.",
+            "(ms: 20, uniform:5,50, normal:20,5, exp:20), fail_rate, fail_code, silent, "
+            "silent_rate, flaky (mean s between drops), backoff_min, backoff_max, "
+            "report_interval (s), shadow_on_connect. Selector: a device id, a glob, or N%.",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed, the same behaviour.")] = 0,
@@ -309,7 +310,7 @@ def sim(
     ] = "1",
     qos: Annotated[int, typer.Option(help="QoS of the devices' publishes (0 or 1).")] = 1,
     connect_concurrency: Annotated[
-        int, typer.Option(help="CONNECTs in flight at once per process.")
+        int, typer.Option(help="CONNECTs in flight at once, across all processes.")
     ] = 200,
     json_out: JsonOpt = False,
 ) -> None:

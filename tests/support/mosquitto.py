@@ -56,6 +56,7 @@ class MosquittoBroker:
         self.host = HOST
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self.extra_config: list[str] = []
 
     @property
     def url(self) -> str:
@@ -70,13 +71,15 @@ class MosquittoBroker:
         return self.base_dir / "mosquitto.log"
 
     @classmethod
-    def start(cls) -> MosquittoBroker:
+    def start(cls, extra_config: list[str] | None = None) -> MosquittoBroker:
         """Write a config into a temp dir and start the broker on a free port.
 
+        `extra_config` lines are appended to the generated config (benchmarks tune limits).
         Raises MosquittoUnavailable (with the broker's output) when it does not come up.
         """
         binary = find_mosquitto()
         broker = cls(binary, Path(tempfile.mkdtemp(prefix="fbmqtt-")))
+        broker.extra_config = list(extra_config or [])
         try:
             for attempt in range(1, START_ATTEMPTS + 1):
                 try:
@@ -104,6 +107,7 @@ class MosquittoBroker:
         if os.geteuid() == 0:
             # as root mosquitto would switch to user `mosquitto`, which may not exist
             lines.append("user root")
+        lines.extend(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(

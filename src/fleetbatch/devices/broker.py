@@ -519,9 +519,19 @@ class BrokerChannel:
         (whether the device is offline cannot be told here). See the class docstring for
         several fleetbatch nodes sharing the uplinks.
         """
+        reply = self.submit(downlink, timeout_s=timeout_s)
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            assert downlink.response_topic is not None
+            self._pending.forget(downlink.response_topic, reply)
+            raise
+
+    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
+        """Publish now; the future resolves to the device's answer (see `request`)."""
         topic = downlink.response_topic
         if topic is None:
-            raise ValueError("request() needs a downlink with a response_topic")
+            raise ValueError("submit() needs a downlink with a response_topic")
         # expect before publishing: the answer may arrive before publish() returns to us
         reply = self._pending.expect(topic, downlink.device_id, timeout_s)
         try:
@@ -530,11 +540,7 @@ class BrokerChannel:
             self._pending.forget(topic, reply)
             reply.cancel()
             raise
-        try:
-            return await reply
-        except asyncio.CancelledError:
-            self._pending.forget(topic, reply)
-            raise
+        return reply
 
     async def disconnect(self, device_id: str) -> None:
         """Cannot be done through MQTT on a generic broker: logged only.

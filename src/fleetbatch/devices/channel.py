@@ -84,6 +84,14 @@ class DeviceChannel(Protocol):
         A late answer, after the timeout, reaches the uplink handlers instead.
         """
 
+    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
+        """`request` without a coroutine: send now, return the future of the answer.
+
+        For callers that keep many requests in flight (the engine's dispatcher): a done
+        callback costs less than a task resuming. DeviceOffline (or Unavailable) is raised
+        at once; the future fails with NoResponse after `timeout_s`.
+        """
+
     async def disconnect(self, device_id: str) -> None:
         """Close the device's connection (a frozen or deleted device), where the mode can."""
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 TOPIC_ROOT = "$oc/devices/"
 SYSTEM_SEGMENT = "sys/"
 REQUEST_ID_MARK = "request_id="
@@ -40,7 +42,8 @@ class Downlink:
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # orjson: a tenth of the json module's cost, on every downlink (compact UTF-8, as IoTDA)
+    return orjson.dumps(value)
 
 
 def command(
@@ -244,8 +247,13 @@ def device_id_of(topic: str) -> str | None:
 
 def _load(payload: bytes) -> Any:
     try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses what the json module takes (integers past 64 bits): try that too
+    try:
         return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

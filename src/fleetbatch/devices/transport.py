@@ -28,7 +28,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, cast
 
 from fleetbatch.clock import Clock
@@ -83,11 +82,11 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 SUPPORTED_PROTOCOL_LEVELS = (3, 4)  # MQTT 3.1 and 3.1.1
 
 
-class _State(IntEnum):
-    NEW = 0  # waiting for CONNECT
-    AUTHENTICATING = 1
-    CONNECTED = 2
-    CLOSED = 3
+# connection states: plain ints, compared on every packet
+NEW = 0  # waiting for CONNECT
+AUTHENTICATING = 1
+CONNECTED = 2
+CLOSED = 3
 
 
 @dataclass(slots=True)
@@ -200,7 +199,7 @@ class BuiltinTransport:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = self.now = time.monotonic()
             for connection in list(self.connections):
-                if connection.state == _State.CONNECTED:
+                if connection.state == CONNECTED:
                     limit = connection.keepalive_s * KEEPALIVE_FACTOR
                     if limit and now - connection.last_rx > limit:
                         self.stats.keepalive_timeouts += 1
@@ -246,21 +245,29 @@ class BuiltinTransport:
 
     async def request(self, downlink: Downlink, *, timeout_s: float) -> Uplink:
         """Send a downlink and return the device's answer on `downlink.response_topic`."""
-        if downlink.response_topic is None:
-            raise ValueError("request() needs a downlink with a response_topic")
-        connection = self.sessions.get(downlink.device_id)
-        if connection is None:
-            raise DeviceOffline(downlink.device_id)
-        future = self.pending.expect(downlink.response_topic, downlink.device_id, timeout_s)
-        if not connection.publish(downlink.topic, downlink.payload, downlink.qos):
-            self.pending.forget(downlink.response_topic, future)
-            future.cancel()
-            raise DeviceOffline(downlink.device_id)
+        future = self.submit(downlink, timeout_s=timeout_s)
         try:
             return await future
         except asyncio.CancelledError:
+            assert downlink.response_topic is not None
             self.pending.forget(downlink.response_topic, future)
             raise
+
+    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
+        """Write the downlink now; the future resolves to the device's answer."""
+        topic = downlink.response_topic
+        if topic is None:
+            raise ValueError("submit() needs a downlink with a response_topic")
+        connection = self.sessions.get(downlink.device_id)
+        if connection is None:
+            raise DeviceOffline(downlink.device_id)
+        # wait before writing: the answer can come back before the write returns
+        future = self.pending.expect(topic, downlink.device_id, timeout_s)
+        if not connection.publish(downlink.topic, downlink.payload, downlink.qos):
+            self.pending.forget(topic, future)
+            future.cancel()
+            raise DeviceOffline(downlink.device_id)
+        return future
 
     async def disconnect(self, device_id: str) -> None:
         """Close the device's connection, if it has one."""
@@ -333,7 +340,7 @@ class MqttConnection(asyncio.Protocol):
     def __init__(self, server: BuiltinTransport) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.state = _State.NEW
+        self.state = NEW
         self.device_id: str | None = None
         self.prefix = ""
         self.keepalive_s = 0
@@ -362,8 +369,8 @@ class MqttConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_connected = self.state == _State.CONNECTED
-        self.state = _State.CLOSED
+        was_connected = self.state == CONNECTED
+        self.state = CLOSED
         server = self.server
         server.connections.discard(self)
         if server._closing and not server.connections:
@@ -389,17 +396,26 @@ class MqttConnection(asyncio.Protocol):
             log.debug("mqtt.malformed device_id=%s reason=%s", self.device_id, exc)
             self.close()
             return
+        if self.state == CONNECTED:
+            # the hot path: a connected device's packets, PUBLISH first
+            for packet in packets:
+                if type(packet) is Publish:
+                    self._publish_received(packet)
+                else:
+                    self._handle(packet)
+                if self.state != CONNECTED:
+                    return
+            return
+        # authentication is asynchronous: nothing here becomes CONNECTED within this call
         for packet in packets:
-            if self.state == _State.CONNECTED:
-                self._handle(packet)
-            elif self.state == _State.AUTHENTICATING:
+            if self.state == AUTHENTICATING:
                 # a client may send packets right behind its CONNECT, before our CONNACK
                 assert self._early is not None
                 if isinstance(packet, Connect):
                     self._violation("second CONNECT")
                     return
                 self._early.append(packet)
-            elif self.state == _State.NEW:
+            elif self.state == NEW:
                 if not isinstance(packet, Connect):
                     self._violation("first packet is not CONNECT")  # MQTT-3.1.0-1
                     return
@@ -466,7 +482,7 @@ class MqttConnection(asyncio.Protocol):
         self._write(encode(Suback(packet.packet_id, codes)))
 
     def _connect(self, packet: Connect) -> None:
-        self.state = _State.AUTHENTICATING
+        self.state = AUTHENTICATING
         self._early = []
         if packet.protocol_level not in SUPPORTED_PROTOCOL_LEVELS:
             self._refuse(ConnackCode.UNACCEPTABLE_PROTOCOL, "protocol level")
@@ -485,7 +501,7 @@ class MqttConnection(asyncio.Protocol):
             log.exception("mqtt.auth_failed")
             self._refuse(ConnackCode.SERVER_UNAVAILABLE, "authentication error")
             return
-        if self.state != _State.AUTHENTICATING:
+        if self.state != AUTHENTICATING:
             return  # the socket closed while we looked the device up
         if not result.ok:
             assert result.failure is not None
@@ -501,12 +517,12 @@ class MqttConnection(asyncio.Protocol):
             self._will = Publish(packet.will.topic, packet.will.message, packet.will.qos)
         self.device_id = device_id
         self.prefix = prefix
-        self.state = _State.CONNECTED
+        self.state = CONNECTED
         self._write(encode_connack(ConnackCode.ACCEPTED))
         server._session_opened(self)
         early, self._early = self._early or [], None
         for queued in early:
-            if self.state != _State.CONNECTED:
+            if self.state != CONNECTED:
                 break
             self._handle(queued)
 
@@ -542,7 +558,7 @@ class MqttConnection(asyncio.Protocol):
     def publish(self, topic: str, payload: bytes, qos: int) -> bool:
         """Write a PUBLISH; False when the connection is gone or its reader fell behind."""
         transport = self.transport
-        if self.state != _State.CONNECTED or transport is None or transport.is_closing():
+        if self.state != CONNECTED or transport is None or transport.is_closing():
             return False
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("mqtt.slow_consumer device_id=%s", self.device_id)
@@ -556,7 +572,7 @@ class MqttConnection(asyncio.Protocol):
     def publish_tracked(self, topic: str, payload: bytes) -> asyncio.Future[bool] | None:
         """Publish at QoS 1; the future is True on PUBACK, False if the connection ends first."""
         transport = self.transport
-        if self.state != _State.CONNECTED or transport is None or transport.is_closing():
+        if self.state != CONNECTED or transport is None or transport.is_closing():
             return None
         if self._acks is None:
             self._acks = {}
@@ -583,5 +599,5 @@ class MqttConnection(asyncio.Protocol):
         """Close the socket after what was written; connection_lost cleans up."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        if self.state != _State.CONNECTED:
-            self.state = _State.CLOSED
+        if self.state != CONNECTED:
+            self.state = CLOSED
