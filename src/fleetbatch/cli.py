@@ -443,7 +443,7 @@ def demo(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the platform on free ports with the embedded defaults and register a fleet."""
+    """Run the platform on free ports, register a fleet, connect it simulated, command it."""
     from fleetbatch.demo import run_demo
 
     if not json_out:
@@ -459,10 +459,7 @@ def demo(
     for key, value in report.as_dict().items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     Console().print(table)
-    err_console.print(
-        "next: the simulated fleet (device access) and a batch task to completion (engine) "
-        "join this demo as those issues land"
-    )
+    err_console.print("next: a batch task run to completion joins this demo with the engine")
 
 
 def main() -> None:

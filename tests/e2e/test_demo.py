@@ -15,6 +15,9 @@ def test_demo_json_summary_reports_the_registered_fleet_and_a_healthy_server() -
     assert report["http_url"].startswith("http://127.0.0.1:")
     assert report["https_url"].startswith("https://127.0.0.1:")
     assert report["devices_per_s"] > 0
+    # the simulated fleet connected with its own credentials and answered a command each
+    assert report["devices_online"] == 300
+    assert report["commands_answered"] == 300
 
 
 def test_demo_keeps_its_data_when_given_a_data_dir(tmp_path: Path) -> None:
