@@ -86,6 +86,7 @@ class Server:
         self._stop_requested = asyncio.Event()
         self.channel: DeviceChannel | None = None
         self.presence: PresenceRecorder | None = None
+        self.authenticator: DeviceAuthenticator | None = None
         self._began = False
         self._stopped = False
 
@@ -143,6 +144,7 @@ class Server:
             self.app = create_app(self.runtime)
             self.app.state.channel = self.channel
             self.app.state.presence = self.presence
+            self.app.state.authenticator = self.authenticator
             # the app's lifespan runs once here, not once per uvicorn listener
             await self._cleanup.enter_async_context(self.app.router.lifespan_context(self.app))
             for name in ("http", "https"):
@@ -269,6 +271,10 @@ class Server:
             await presence.flush()
 
         self._cleanup.push_async_callback(stop_presence)
+        self.authenticator = authenticator = DeviceAuthenticator(
+            runtime.registry, runtime.clock, tolerance_s=settings.mqtt_timestamp_tolerance_s
+        )
+        self._cleanup.push_async_callback(authenticator.close)
         channel: DeviceChannel
         if settings.broker:
             # only a broker deployment needs the MQTT client library loaded
@@ -293,9 +299,6 @@ class Server:
         else:
             # no device is connected to a server that is only starting
             await runtime.registry.devices.mark_all_offline()
-            authenticator = DeviceAuthenticator(
-                runtime.registry, runtime.clock, tolerance_s=settings.mqtt_timestamp_tolerance_s
-            )
             transport = BuiltinTransport(
                 authenticator,
                 runtime.clock,

@@ -32,6 +32,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
     app.state.channel = None
     app.state.presence = None
+    app.state.authenticator = None
     if runtime.settings.broker:
         # the external broker asks these who may connect, publish and subscribe
         from fleetbatch.api.emqx import router as emqx_router

@@ -82,9 +82,12 @@ async def authenticate(
             return JSONResponse({"result": "allow", "is_superuser": True})
         log.warning("emqx.platform_auth_denied client_id=%s", client_id)
         return JSONResponse(DENY)
-    authenticator = DeviceAuthenticator(
-        runtime.registry, runtime.clock, tolerance_s=settings.mqtt_timestamp_tolerance_s
-    )
+    # the server's authenticator gathers concurrent lookups into one query
+    authenticator: DeviceAuthenticator | None = getattr(request.app.state, "authenticator", None)
+    if authenticator is None:
+        authenticator = DeviceAuthenticator(
+            runtime.registry, runtime.clock, tolerance_s=settings.mqtt_timestamp_tolerance_s
+        )
     result = await authenticator.authenticate(client_id, username, password.encode())
     if not result.ok:
         log.debug("emqx.auth_denied client_id=%s reason=%s", client_id, result.reason)

@@ -135,6 +135,16 @@ async def get_secret(conn: AsyncConnection, device_id: str) -> tuple[DeviceStatu
     return None if row is None else (DeviceStatus(row.status), row.secret_enc)
 
 
+async def get_secrets(
+    conn: AsyncConnection, device_ids: Sequence[str]
+) -> dict[str, tuple[DeviceStatus, bytes]]:
+    """(status, encrypted secret) of each of `device_ids` that exists, in one query."""
+    d = devices.c
+    query = _select_by_device_ids(conn, [d.device_id, d.status, d.secret_enc], device_ids)
+    rows = (await conn.execute(query)).all()
+    return {row.device_id: (DeviceStatus(row.status), row.secret_enc) for row in rows}
+
+
 async def list_devices(
     conn: AsyncConnection,
     project_id: str,
