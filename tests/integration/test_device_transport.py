@@ -362,12 +362,13 @@ async def test_mqtts_verifies_against_the_data_dir_ca_without_a_hostname_check(
     await raw.close()
 
 
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv31], ids=["mqtt-3.1.1", "mqtt-3.1"])
 async def test_paho_mqtt_device_without_subscriptions_answers_a_command(
-    platform: Platform,
+    platform: Platform, protocol: paho.MQTTProtocolVersion
 ) -> None:
     created = platform.devices[0]
     client_id, username, password = credentials(created.device_id, created.secret)
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     client.username_pw_set(username, password)
     connected: list[int] = []
     client.on_connect = lambda c, u, f, rc, p: connected.append(rc.value)
@@ -482,3 +483,12 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+async def test_mqtt_5_is_refused_with_unacceptable_protocol_version(platform: Platform) -> None:
+    created = platform.devices[0]
+    client_id, username, password = credentials(created.device_id, created.secret)
+    raw = await RawDevice.open(platform.host, platform.server.mqtt_port)
+    raw.send(codec.Connect(client_id, username, password.encode(), protocol_level=5))
+    assert (await raw.expect(codec.Connack)).return_code == codec.ConnackCode.UNACCEPTABLE_PROTOCOL
+    await raw.wait_closed()
