@@ -103,12 +103,21 @@ class Server:
     @property
     def mqtt_port(self) -> int:
         """The bound plain MQTT port of the built-in device transport."""
-        return self._ports["mqtt"]
+        return self._device_port("mqtt")
 
     @property
     def mqtts_port(self) -> int:
         """The bound MQTT-over-TLS port of the built-in device transport."""
-        return self._ports["mqtts"]
+        return self._device_port("mqtts")
+
+    def _device_port(self, name: str) -> int:
+        if name not in self._ports:
+            raise RuntimeError(
+                f"no {name} port: devices connect to the external broker {self.settings.broker}"
+                if self.settings.broker
+                else "the server has not bound its ports yet"
+            )
+        return self._ports[name]
 
     @property
     def urls(self) -> list[str]:
@@ -282,7 +291,7 @@ class Server:
 
             channel = BrokerChannel(
                 settings.broker,
-                client_id=settings.broker_client_id,
+                client_id=settings.platform_client_id,
                 username=settings.broker_username,
                 password=(
                     settings.broker_password.get_secret_value()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -54,7 +56,21 @@ class Settings(BaseSettings):
     broker_password: SecretStr | None = Field(
         None, description="Password of that account; the EMQX auth endpoint accepts it."
     )
-    broker_client_id: str = Field("fleetbatch-platform", min_length=1, max_length=64)
+    broker_client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The platform's MQTT client id; default: fleetbatch-<host>-<pid>, so that "
+        "several nodes never take each other's session over.",
+    )
+
+    @property
+    def platform_client_id(self) -> str:
+        """The broker client id to use: the configured one, else one unique to this process."""
+        if self.broker_client_id:
+            return self.broker_client_id
+        return f"fleetbatch-{socket.gethostname()}-{os.getpid()}"[:64]
+
     broker_share_group: str | None = Field(
         "fleetbatch", description="$share group for uplink subscriptions; empty: plain ones."
     )
