@@ -166,6 +166,7 @@ class PendingReplies:
     def __init__(self, *, resolution_s: float = SWEEP_INTERVAL_S) -> None:
         self._waiting: dict[str, asyncio.Future[Uplink]] = {}
         self._wheel = ExpiryWheel(resolution_s=resolution_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -174,7 +175,11 @@ class PendingReplies:
         """A future for the next uplink on `topic`, failing with NoResponse after `timeout_s`."""
         if topic in self._waiting:
             raise ValueError(f"an answer on {topic} is awaited already")
-        future: asyncio.Future[Uplink] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            # asyncio.get_running_loop() costs a getpid() syscall each time: look it up once
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Uplink] = loop.create_future()
         self._waiting[topic] = future
         self._wheel.add(future, timeout_s, self._expire, (topic, future, device_id, timeout_s))
         return future

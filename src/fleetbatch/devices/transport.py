@@ -135,6 +135,7 @@ class BuiltinTransport:
         self._started = False
         self._closing = False
         self._drained = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.now = time.monotonic()  # coarse, refreshed by the watcher: activity stamps
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -144,6 +145,8 @@ class BuiltinTransport:
         if self._started:
             return
         self._started = True
+        # looked up once: asyncio.get_running_loop() costs a getpid() syscall per call
+        self.loop = asyncio.get_running_loop()
         self._own(self.pending.run_sweeper(), "mqtt-replies")
         self._own(self._acks.run(), "mqtt-acks")
         self._own(self._watch(), "mqtt-watch")
@@ -577,7 +580,8 @@ class MqttConnection(asyncio.Protocol):
         if self._acks is None:
             self._acks = {}
         packet_id = self._packet_id()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = self.server.loop or asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._acks[packet_id] = future
         transport.write(encode_publish(topic, payload, 1, packet_id))
         self.server.stats.downlinks += 1
