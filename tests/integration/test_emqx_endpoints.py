@@ -14,7 +14,9 @@ from pydantic import SecretStr
 
 from fleetbatch.api import create_app
 from fleetbatch.api.emqx import router
+from fleetbatch.clock import SystemClock
 from fleetbatch.devices.auth import make_client_id, sign_password
+from fleetbatch.devices.broker import BrokerChannel
 from fleetbatch.domain.registry import NewDevice
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
@@ -273,6 +275,19 @@ async def test_connect_and_disconnect_events_reach_the_presence_sink(
 ) -> None:
     sink = RecordingSink([])
     app.state.presence = sink
+    # the broker channel's presence handlers hear the same changes (not connected: not needed)
+    channel = BrokerChannel(
+        "mqtt://127.0.0.1:1",
+        client_id="fleetbatch-test",
+        username=None,
+        password=None,
+        share_group=None,
+        ca_file=None,
+        clock=SystemClock(),
+    )
+    heard: list[tuple[str, bool, int]] = []
+    channel.add_presence_handler(lambda *change: heard.append(change))
+    app.state.channel = channel
     client_id = make_client_id(fleet.device_id, "2024061503")
     device = {"clientid": client_id, "username": fleet.device_id}
     events: list[Any] = [
@@ -295,6 +310,7 @@ async def test_connect_and_disconnect_events_reach_the_presence_sink(
         (fleet.device_id, False, 2_000),
         (fleet.device_id, True, 3_000),
     ]
+    assert heard == sink.changes
 
 
 async def test_events_are_accepted_when_no_presence_sink_is_set(

@@ -135,13 +135,18 @@ async def events(
     """
     body = await _body(request)
     sink: PresenceSink | None = getattr(request.app.state, "presence", None)
-    if sink is None:
-        return JSONResponse({})
+    # the broker channel's presence handlers (the engine's "deliver when it connects")
+    channel = getattr(request.app.state, "channel", None)
+    report = getattr(channel, "report_presence", None)
     now_ms = runtime.clock.now_ms()
     for item in body if isinstance(body, list) else [body]:
         change = _presence_change(item, now_ms) if isinstance(item, dict) else None
-        if change is not None:
+        if change is None:
+            continue
+        if sink is not None:
             sink.record(*change)
+        if report is not None:
+            report(*change)
     return JSONResponse({})
 
 
