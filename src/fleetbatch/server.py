@@ -159,7 +159,6 @@ class Server:
             for name in ("http", "https"):
                 self._start_listener(name, self._sockets[name], log_level)
             await self._until_listening()
-            tune_gc()
             set_phase(self.app, Phase.READY)
         except BaseException:
             await self.stop()
@@ -212,6 +211,7 @@ class Server:
         ready: asyncio.Event | None = None,
         stop: asyncio.Event | None = None,
         handle_signals: bool = True,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         """Start, set `ready`, serve until `stop` is set (or SIGINT/SIGTERM), then stop.
 
@@ -230,6 +230,8 @@ class Server:
                     file=sys.stderr,
                     flush=True,
                 )
+                if on_ready is not None:
+                    on_ready()
                 if ready is not None:
                     ready.set()
                 await self.wait(stop)
@@ -286,6 +288,11 @@ class Server:
         self._cleanup.push_async_callback(authenticator.close)
         channel: DeviceChannel
         if settings.broker:
+            if settings.broker_password is None:
+                log.warning(
+                    "broker.no_password: the EMQX auth, ACL and events endpoints answer 503 "
+                    "until FLEETBATCH_BROKER_PASSWORD is set"
+                )
             # only a broker deployment needs the MQTT client library loaded
             from fleetbatch.devices.broker import BrokerChannel
 
@@ -420,7 +427,10 @@ GC_GEN0_THRESHOLD = 50_000
 
 
 def tune_gc() -> None:
-    """After startup: park the long-lived objects outside the collector, collect less often.
+    """For a server process, once started: park what startup built, collect less often.
+
+    Process-wide and never undone, so only `run()` (the `fleetbatch serve` process) calls it,
+    not a `Server` embedded in another program or a test.
 
     `gc.freeze()` moves everything allocated so far (modules, the app, the ORM's caches) to
     a permanent generation, so the full collections that still happen scan only what the
@@ -453,9 +463,13 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until `stop` is set or SIGINT/SIGTERM arrives; `Server` exposes the ports."""
-    await Server(settings).serve(ready=ready, stop=stop)
+    """Serve until `stop` is set or SIGINT/SIGTERM arrives; `Server` exposes the ports.
+
+    `on_ready` runs once every listener accepts (the process-wide GC tuning of `run`).
+    """
+    await Server(settings).serve(ready=ready, stop=stop, on_ready=on_ready)
 
 
 def run(settings: Settings) -> int:
@@ -467,7 +481,7 @@ def run(settings: Settings) -> int:
     try:
         _configure_logging(_uvicorn_log_level(settings.log_level))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, on_ready=tune_gc))
     except PortUnavailable as exc:
         return _fail(exc, EXIT_PORT_UNAVAILABLE)
     except FleetbatchError as exc:

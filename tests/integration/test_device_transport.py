@@ -492,3 +492,59 @@ async def test_mqtt_5_is_refused_with_unacceptable_protocol_version(platform: Pl
     raw.send(codec.Connect(client_id, username, password.encode(), protocol_level=5))
     assert (await raw.expect(codec.Connack)).return_code == codec.ConnackCode.UNACCEPTABLE_PROTOCOL
     await raw.wait_closed()
+
+
+async def test_nothing_after_a_violation_or_disconnect_in_the_same_read_is_handled(
+    platform: Platform,
+) -> None:
+    mine, other = platform.devices[0].device_id, platform.devices[1].device_id
+    own_topic = f"$oc/devices/{mine}/sys/messages/up"
+    raw = await platform.device(0)
+    raw.send_raw(
+        codec.encode(codec.Publish(f"$oc/devices/{other}/sys/messages/up", b"foreign"))
+        + codec.encode(codec.Publish(own_topic, b"after the violation"))
+    )
+    await raw.wait_closed()
+    raw = await platform.device(0)
+    raw.send_raw(codec.DISCONNECT_BYTES + codec.encode(codec.Publish(own_topic, b"after bye")))
+    await raw.wait_closed()
+    # a publish on a fresh connection proves the handlers would have seen the others by now
+    raw = await platform.device(0)
+    raw.send(codec.Publish(own_topic, b"fine", qos=1, packet_id=1))
+    await raw.expect(codec.Puback)
+    await wait_until(lambda: platform.uplinks, timeout_s=5)
+    assert [u.payload for u in platform.uplinks] == [b"fine"]
+
+
+async def test_a_connection_may_not_pile_up_packets_or_subscriptions(platform: Platform) -> None:
+    created = platform.devices[0]
+    client_id, username, password = credentials(created.device_id, created.secret)
+    raw = await RawDevice.open(platform.host, platform.server.mqtt_port)
+    # everything in one write: the CONNECT is still being checked while the rest is parsed
+    raw.send_raw(
+        codec.encode(codec.Connect(client_id, username, password.encode()))
+        + codec.PINGREQ_BYTES * 100
+    )
+    await raw.wait_closed()
+    assert not any(isinstance(p, codec.Connack) and p.return_code == 0 for p in raw.received)
+
+    raw = await platform.device(0)
+    own = f"$oc/devices/{created.device_id}/user"
+    # two packets: one would pass this server's 4 kB packet limit
+    raw.send(codec.Subscribe(1, [(f"{own}/{i}", 0) for i in range(60)]))
+    raw.send(codec.Subscribe(2, [(f"{own}/{i}", 0) for i in range(60, 101)]))
+    first = await raw.expect(codec.Suback, where=lambda p: p.packet_id == 1)
+    second = await raw.expect(codec.Suback, where=lambda p: p.packet_id == 2)
+    assert first.return_codes + second.return_codes == [0] * 100 + [0x80]
+
+
+async def test_an_older_presence_change_does_not_undo_a_newer_one(platform: Platform) -> None:
+    assert platform.server.runtime is not None
+    devices = platform.server.runtime.registry.devices
+    device_id = platform.devices[3].device_id
+    now = _now_ms() + HOUR_MS  # after anything the running server recorded
+    await devices.record_presence([(device_id, now)], [], [])
+    await devices.record_presence([], [(device_id, now - 1000, None)], [])  # late, older
+    assert await platform.status(device_id) is DeviceStatus.ONLINE
+    await devices.record_presence([], [(device_id, now + 1000, None)], [])
+    assert await platform.status(device_id) is DeviceStatus.OFFLINE

@@ -179,22 +179,27 @@ def test_topic_filters_match_as_mqtt_specifies(
 
 
 async def test_replies_resolve_by_exact_topic_and_expire_in_one_sweep() -> None:
+    import time
+
     pending = PendingReplies(resolution_s=0.01)
+    started = time.monotonic()
     answered = pending.expect("t/1", "d", timeout_s=10)
-    silent = pending.expect("t/2", "d", timeout_s=0.0)
+    silent = pending.expect("t/2", "d", timeout_s=1.0)
     with pytest.raises(ValueError, match="awaited already"):
         pending.expect("t/1", "d", timeout_s=1)
     assert pending.resolve(topics.OtherUplink("d", "t/1", b"", 1))
     assert not pending.resolve(topics.OtherUplink("d", "t/1", b"", 1))  # once only
     assert (await answered).topic == "t/1"
-    assert pending.sweep(now=asyncio.get_running_loop().time() + 1) >= 0
-    # sweeping at a time past the deadline fails the waiter with NoResponse
-    import time
-
-    pending.sweep(now=time.monotonic() + 0.05)
-    with pytest.raises(NoResponse):
+    # never early: just before the deadline nothing expires, just after it the silent one does
+    assert pending.sweep(now=started + 0.98) == 0
+    assert not silent.done()
+    assert pending.sweep(now=started + 1.02) == 1
+    with pytest.raises(NoResponse) as failed:
         await silent
+    assert failed.value.timeout_s == 1.0
     assert len(pending) == 0
+    # an answered request is not kept for its deadline, and its slot expires nothing later
+    assert pending.sweep(now=started + 11) == 0
 
 
 async def test_the_expiry_wheel_skips_finished_futures_and_fails_the_rest_on_close() -> None:
@@ -205,9 +210,11 @@ async def test_the_expiry_wheel_skips_finished_futures_and_fails_the_rest_on_clo
     done, late, forever = loop.create_future(), loop.create_future(), loop.create_future()
     done.set_result(1)
     wheel.add(done, 0.0, TimeoutError)
-    wheel.add(late, 0.0, TimeoutError)
+    wheel.add(late, 0.5, TimeoutError)
     wheel.add(forever, 3600, TimeoutError)
-    assert wheel.sweep(time.monotonic() + 0.05) == 1
+    now = time.monotonic()
+    assert wheel.sweep(now + 0.45) == 0  # never early
+    assert wheel.sweep(now + 0.55) == 1
     with pytest.raises(TimeoutError):
         await late
     assert not forever.done()

@@ -47,10 +47,18 @@ class PresenceSink(Protocol):
 
 
 def _require_broker(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> None:
-    """401 unless the caller presents the platform's broker password as a bearer token."""
+    """401 unless the caller presents the platform's broker password as a bearer token.
+
+    Without a configured password the endpoints serve nobody (503): open, they would let
+    anyone who reaches the HTTP port flip devices' presence and try passwords unthrottled.
+    """
     password = runtime.settings.broker_password
     if password is None:
-        return
+        raise HTTPException(
+            503,
+            "the EMQX endpoints are off: set FLEETBATCH_BROKER_PASSWORD, and send it as "
+            "'Authorization: Bearer <password>' from EMQX",
+        )
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     expected = password.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):

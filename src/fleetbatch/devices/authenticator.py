@@ -82,6 +82,12 @@ class DeviceAuthenticator:
                         if not future.done():
                             future.set_exception(exc)
                 continue
+            except BaseException:
+                # cancelled (closing): these lookups are no longer in `_waiting`, end them here
+                for futures in batch.values():
+                    for future in futures:
+                        future.cancel()
+                raise
             for device_id, futures in batch.items():
                 for future in futures:
                     if not future.done():

@@ -108,7 +108,7 @@ class ExpiryWheel:
         self._slots: dict[
             int, list[tuple[asyncio.Future[Any], Callable[[Any], BaseException], Any]]
         ] = {}
-        self._swept_slot = self._slot(time.monotonic())
+        self._swept_slot = math.floor(time.monotonic() / resolution_s)
 
     def _slot(self, at: float) -> int:
         return math.ceil(at / self._resolution_s)
@@ -131,7 +131,8 @@ class ExpiryWheel:
 
     def sweep(self, now: float | None = None) -> int:
         """Expire every future whose deadline passed; returns how many were still pending."""
-        now_slot = self._slot(time.monotonic() if now is None else now)
+        # a slot expires once its end has passed, never early
+        now_slot = math.floor((time.monotonic() if now is None else now) / self._resolution_s)
         expired = 0
         due = _due_slots(self._slots, self._swept_slot, now_slot)
         for slot in due:
@@ -170,7 +171,7 @@ class PendingReplies:
         self._resolution_s = resolution_s
         self._waiting: dict[str, tuple[asyncio.Future[Uplink], int, str, float]] = {}
         self._slots: dict[int, list[tuple[str, int]]] = {}
-        self._swept_slot = math.ceil(time.monotonic() / resolution_s)
+        self._swept_slot = math.floor(time.monotonic() / resolution_s)
         self._sequence = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -217,7 +218,8 @@ class PendingReplies:
 
     def sweep(self, now: float | None = None) -> int:
         """Fail every request whose deadline passed; returns how many expired."""
-        now_slot = math.ceil((time.monotonic() if now is None else now) / self._resolution_s)
+        # a slot expires once its end has passed, never early
+        now_slot = math.floor((time.monotonic() if now is None else now) / self._resolution_s)
         expired = 0
         for slot in _due_slots(self._slots, self._swept_slot, now_slot):
             for topic, sequence in self._slots.pop(slot, ()):

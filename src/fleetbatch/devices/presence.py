@@ -42,6 +42,8 @@ class PresenceRecorder:
     def record(self, device_id: str, online: bool, at_ms: int) -> None:
         """A device connected (`online`) or disconnected at `at_ms`; the latest change wins."""
         previous = self._changes.get(device_id)
+        if previous is not None and at_ms < previous.at_ms:
+            return  # an older event arriving late (broker webhooks are not ordered)
         connected_at = at_ms if online else None
         if not online and previous is not None and previous.online:
             connected_at = previous.at_ms

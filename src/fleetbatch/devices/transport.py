@@ -80,6 +80,10 @@ CLOSE_TIMEOUT_S = 2.0
 # a device that stops reading while downlinks pile up is cut off past this many buffered bytes
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
 SUPPORTED_PROTOCOL_LEVELS = (3, 4)  # MQTT 3.1 and 3.1.1
+# bounds on what one connection can make us hold
+MAX_EARLY_PACKETS = 64  # packets pipelined behind CONNECT while it is checked
+MAX_SUBSCRIPTIONS = 100  # filters per device (its own topics only, so a few suffice)
+MAX_TRACKED_ACKS = 65_535 // 2  # QoS 1 sends awaiting PUBACK; leaves ids for the rest
 
 
 # connection states: plain ints, compared on every packet
@@ -244,6 +248,11 @@ class BuiltinTransport:
         except _Unacknowledged:
             connection.forget_ack(future)
             return Delivery.UNACKNOWLEDGED
+        except BaseException:
+            # cancelled: free the packet id, and let the wheel find the future done
+            connection.forget_ack(future)
+            future.cancel()
+            raise
         return Delivery.DELIVERED if acked else Delivery.UNACKNOWLEDGED
 
     async def request(self, downlink: Downlink, *, timeout_s: float) -> Uplink:
@@ -372,7 +381,8 @@ class MqttConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_connected = self.state == CONNECTED
+        # device_id is set only once the device was accepted
+        was_connected = self.device_id is not None
         self.state = CLOSED
         server = self.server
         server.connections.discard(self)
@@ -417,6 +427,9 @@ class MqttConnection(asyncio.Protocol):
                 if isinstance(packet, Connect):
                     self._violation("second CONNECT")
                     return
+                if len(self._early) >= MAX_EARLY_PACKETS:
+                    self._violation("too many packets before CONNACK")
+                    return
                 self._early.append(packet)
             elif self.state == NEW:
                 if not isinstance(packet, Connect):
@@ -439,6 +452,9 @@ class MqttConnection(asyncio.Protocol):
                     future.set_result(True)
         elif kind is Pingreq:
             self._write(PINGRESP_BYTES)
+            presence = self.server.presence
+            if presence is not None and self.device_id is not None:
+                presence.touch(self.device_id, self.server.clock.now_ms())
         elif kind is Subscribe:
             self._subscribe(packet)
         elif kind is Unsubscribe:
@@ -478,6 +494,9 @@ class MqttConnection(asyncio.Protocol):
                 if self._subscriptions is None:
                     self._subscriptions = []
                 if topic_filter not in self._subscriptions:
+                    if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
+                        codes.append(SUBACK_FAILURE)
+                        continue
                     self._subscriptions.append(topic_filter)
                 codes.append(min(qos, 1))
             else:
@@ -550,6 +569,7 @@ class MqttConnection(asyncio.Protocol):
         return any(topic_matches(f, topic) for f in self._subscriptions or ())
 
     def _packet_id(self) -> int:
+        # at most MAX_TRACKED_ACKS ids are taken, so this finds a free one quickly
         packet_id = self._next_packet_id % 65535 + 1
         acks = self._acks
         if acks:
@@ -579,6 +599,11 @@ class MqttConnection(asyncio.Protocol):
             return None
         if self._acks is None:
             self._acks = {}
+        elif len(self._acks) >= MAX_TRACKED_ACKS:
+            # the device stopped acknowledging: it is of no use to wait on more
+            log.warning("mqtt.acks_exhausted device_id=%s", self.device_id)
+            self.close()
+            return None
         packet_id = self._packet_id()
         loop = self.server.loop or asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
@@ -600,8 +625,10 @@ class MqttConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
-        """Close the socket after what was written; connection_lost cleans up."""
+        """Close the socket after what was written; connection_lost cleans up.
+
+        The state turns CLOSED at once, so nothing else read in the same chunk is handled.
+        """
+        self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        if self.state != CONNECTED:
-            self.state = CLOSED

@@ -6,7 +6,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, String, bindparam, case, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    String,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -181,6 +192,10 @@ async def delete_device(conn: AsyncConnection, device_pk: int) -> None:
 # A frozen device keeps its status through connects and disconnects; any other becomes
 # ONLINE when it connects. (A literal, not IN: executemany cannot expand lists.)
 _NOT_FROZEN = devices.c.status != literal(DeviceStatus.FROZEN.value)
+# A change older than the one recorded (a late webhook, a slow flush) does not undo it.
+_NOT_OLDER = or_(
+    devices.c.status_changed_at.is_(None), devices.c.status_changed_at <= bindparam("b_at")
+)
 
 
 async def record_presence(
@@ -198,7 +213,7 @@ async def record_presence(
     if online:
         statement = (
             devices.update()
-            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN)
+            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN, _NOT_OLDER)
             .values(
                 status=DeviceStatus.ONLINE.value,
                 active_at=func.coalesce(d.active_at, bindparam("b_at")),
@@ -210,7 +225,7 @@ async def record_presence(
     if offline:
         statement = (
             devices.update()
-            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN)
+            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN, _NOT_OLDER)
             .values(
                 status=DeviceStatus.OFFLINE.value,
                 active_at=func.coalesce(d.active_at, bindparam("b_on")),
