@@ -548,3 +548,35 @@ async def test_an_older_presence_change_does_not_undo_a_newer_one(platform: Plat
     assert await platform.status(device_id) is DeviceStatus.ONLINE
     await devices.record_presence([], [(device_id, now + 1000, None)], [])
     assert await platform.status(device_id) is DeviceStatus.OFFLINE
+
+
+async def test_random_bytes_from_many_connections_never_disturb_a_working_device(
+    platform: Platform,
+) -> None:
+    import random
+
+    rng = random.Random(5)
+    bystander_id = platform.devices[1].device_id
+    bystander = await platform.device(1)
+    created = platform.devices[0]
+    connect = codec.encode(codec.Connect(*_connect_fields(created.device_id, created.secret)))
+    for round_ in range(60):
+        garbage = rng.randbytes(rng.randrange(1, 300))
+        if round_ % 2:  # half of them after a valid CONNECT, to reach the connected state
+            garbage = connect + garbage
+        raw = await RawDevice.open(platform.host, platform.server.mqtt_port)
+        raw.send_raw(garbage)
+        raw.send_raw(codec.DISCONNECT_BYTES)
+        await raw.close()
+    answer = asyncio.create_task(
+        platform.transport.request(topics.command(bystander_id, "after-noise"), timeout_s=5)
+    )
+    command = await bystander.expect(codec.Publish)
+    bystander.send(codec.Publish(command.topic.replace("commands/", "commands/response/"), b"{}"))
+    assert isinstance(await answer, CommandResponse)
+    await platform.device(2)
+
+
+def _connect_fields(device_id: str, secret: str) -> tuple[str, str, bytes]:
+    client_id, username, password = credentials(device_id, secret)
+    return client_id, username, password.encode()
