@@ -139,6 +139,7 @@ class BuiltinTransport:
         self._started = False
         self._closing = False
         self._drained = asyncio.Event()
+        self._dirty_connections: list[MqttConnection] = []
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.now = time.monotonic()  # coarse, refreshed by the watcher: activity stamps
 
@@ -289,6 +290,18 @@ class BuiltinTransport:
 
     # --- called by connections ---------------------------------------------------------
 
+    def _dirty(self, connection: MqttConnection) -> None:
+        # writes are gathered per loop turn and flushed together: the same number of send
+        # calls, but the devices' side is woken once per burst instead of once per write
+        if not self._dirty_connections:
+            (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
+        self._dirty_connections.append(connection)
+
+    def _flush(self) -> None:
+        dirty, self._dirty_connections = self._dirty_connections, []
+        for connection in dirty:
+            connection.flush()
+
     def _authenticate(self, connection: MqttConnection, packet: Connect) -> None:
         self._own(connection.authenticate(packet), "mqtt-auth")
 
@@ -336,6 +349,7 @@ class MqttConnection(asyncio.Protocol):
         "_acks",
         "_early",
         "_next_packet_id",
+        "_outbox",
         "_reader",
         "_subscriptions",
         "_will",
@@ -363,6 +377,7 @@ class MqttConnection(asyncio.Protocol):
         self._acks: dict[int, asyncio.Future[bool]] | None = None
         self._next_packet_id = 0
         self._will: Publish | None = None
+        self._outbox: list[bytes] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -588,7 +603,7 @@ class MqttConnection(asyncio.Protocol):
             self.close()
             return False
         packet_id = self._packet_id() if qos else 0
-        transport.write(encode_publish(topic, payload, qos, packet_id))
+        self._send(encode_publish(topic, payload, qos, packet_id))
         self.server.stats.downlinks += 1
         return True
 
@@ -608,7 +623,7 @@ class MqttConnection(asyncio.Protocol):
         loop = self.server.loop or asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._acks[packet_id] = future
-        transport.write(encode_publish(topic, payload, 1, packet_id))
+        self._send(encode_publish(topic, payload, 1, packet_id))
         self.server.stats.downlinks += 1
         return future
 
@@ -622,7 +637,23 @@ class MqttConnection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """Queue bytes for this loop turn's flush (one write per connection per turn)."""
+        outbox = self._outbox
+        if outbox is None:
+            self._outbox = [data]
+            self.server._dirty(self)
+        else:
+            outbox.append(data)
+
+    def flush(self) -> None:
+        """Write what this turn queued."""
+        outbox, self._outbox = self._outbox, None
+        transport = self.transport
+        if outbox and transport is not None and not transport.is_closing():
+            transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
 
     def close(self) -> None:
         """Close the socket after what was written; connection_lost cleans up.
@@ -631,4 +662,5 @@ class MqttConnection(asyncio.Protocol):
         """
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
+            self.flush()  # a refusal's CONNACK goes out before the close
             self.transport.close()
