@@ -493,7 +493,7 @@ class MqttConnection(asyncio.Protocol):
             return
         qos = packet.qos
         if qos == 1:
-            self._write(encode_puback(packet.packet_id))
+            self._send(encode_puback(packet.packet_id))
         elif qos == 2:
             # IoTDA supports QoS 0 and 1 only
             self._violation("QoS 2 is not supported")
@@ -594,13 +594,8 @@ class MqttConnection(asyncio.Protocol):
         return packet_id
 
     def publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        """Write a PUBLISH; False when the connection is gone or its reader fell behind."""
-        transport = self.transport
-        if self.state != CONNECTED or transport is None or transport.is_closing():
-            return False
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.warning("mqtt.slow_consumer device_id=%s", self.device_id)
-            self.close()
+        """Queue a PUBLISH; False when the connection is gone (or closing)."""
+        if self.state != CONNECTED:
             return False
         packet_id = self._packet_id() if qos else 0
         self._send(encode_publish(topic, payload, qos, packet_id))
@@ -649,11 +644,15 @@ class MqttConnection(asyncio.Protocol):
             outbox.append(data)
 
     def flush(self) -> None:
-        """Write what this turn queued."""
+        """Write what this turn queued; a device that stopped reading is cut off."""
         outbox, self._outbox = self._outbox, None
         transport = self.transport
-        if outbox and transport is not None and not transport.is_closing():
-            transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        if not outbox or transport is None or transport.is_closing():
+            return
+        transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("mqtt.slow_consumer device_id=%s", self.device_id)
+            self.close()
 
     def close(self) -> None:
         """Close the socket after what was written; connection_lost cleans up.
