@@ -580,3 +580,23 @@ async def test_random_bytes_from_many_connections_never_disturb_a_working_device
 def _connect_fields(device_id: str, secret: str) -> tuple[str, str, bytes]:
     client_id, username, password = credentials(device_id, secret)
     return client_id, username, password.encode()
+
+
+async def test_a_device_that_stops_reading_is_cut_off_not_buffered_forever(
+    platform: Platform,
+) -> None:
+    device_id = platform.devices[0].device_id
+    raw = await platform.device(0)
+    assert raw._task is not None
+    raw._task.cancel()  # the device stops reading its socket
+    bulky = topics.Downlink(device_id, f"$oc/devices/{device_id}/sys/messages/down", b"x" * 3000, 0)
+
+    async def flood() -> bool:
+        for _ in range(50):
+            await platform.transport.send(bulky, timeout_s=1)
+        await asyncio.sleep(0)  # let this turn's writes go out
+        return device_id not in platform.transport.sessions
+
+    # a few MB fill the kernel's buffers, then the 4 MB of ours: the server lets go of it
+    await wait_until(flood, timeout_s=60, message="the stalled device is still connected")
+    await raw.close()

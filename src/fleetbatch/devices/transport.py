@@ -212,7 +212,8 @@ class BuiltinTransport:
                     if limit and now - connection.last_rx > limit:
                         self.stats.keepalive_timeouts += 1
                         log.debug("mqtt.keepalive_expired device_id=%s", connection.device_id)
-                        connection.close()
+                        # the peer is gone: a graceful close would wait on its unread bytes
+                        connection.abort()
                 elif now - connection.opened_at > self.connect_timeout_s:
                     connection.close()
 
@@ -652,7 +653,14 @@ class MqttConnection(asyncio.Protocol):
         transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("mqtt.slow_consumer device_id=%s", self.device_id)
-            self.close()
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, with whatever is still unwritten (the peer is not reading)."""
+        self.state = CLOSED
+        self._outbox = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self) -> None:
         """Close the socket after what was written; connection_lost cleans up.
