@@ -31,11 +31,11 @@ from fleetbatch.devices.codec import (
     Unsuback,
     Unsubscribe,
     Will,
-    _remaining_length,
     encode,
     encode_connack,
     encode_puback,
     encode_publish,
+    remaining_length_bytes,
 )
 
 SERVER = True  # a reader on the server side, decoding what clients send
@@ -180,7 +180,7 @@ REMAINING_LENGTHS = [
 
 @pytest.mark.parametrize(("value", "encoded"), REMAINING_LENGTHS)
 def test_remaining_length_encoding(value: int, encoded: bytes) -> None:
-    assert _remaining_length(value) == encoded
+    assert remaining_length_bytes(value) == encoded
 
 
 @pytest.mark.parametrize(("value", "encoded"), REMAINING_LENGTHS[1:])
@@ -197,13 +197,13 @@ def test_remaining_length_decoding_is_exact(value: int, encoded: bytes) -> None:
 def test_publish_at_remaining_length_boundaries(value: int) -> None:
     packet = Publish(topic="t", payload=b"p" * (value - 3))
     data = encode(packet)
-    assert data[1 : 1 + len(_remaining_length(value))] == _remaining_length(value)
+    assert data[1 : 1 + len(remaining_length_bytes(value))] == remaining_length_bytes(value)
     assert decode(data, server_side=SERVER, max_packet_size=4 * 1024 * 1024) == [packet]
 
 
 def test_remaining_length_beyond_the_maximum_cannot_be_encoded() -> None:
     with pytest.raises(ValueError, match="maximum"):
-        _remaining_length(268_435_456)
+        remaining_length_bytes(268_435_456)
 
 
 def test_non_minimal_remaining_length_is_accepted() -> None:
@@ -381,7 +381,7 @@ def assert_decodes_or_rejects(data: bytes, *, server_side: bool) -> None:
 
 # random bodies behind a consistent fixed header reach the per-type decoders
 framed_random = st.builds(
-    lambda b0, body: bytes((b0,)) + _remaining_length(len(body)) + body,
+    lambda b0, body: bytes((b0,)) + remaining_length_bytes(len(body)) + body,
     st.integers(0, 255),
     st.binary(max_size=40),
 )
@@ -534,7 +534,7 @@ def test_oversized_packet_is_rejected_before_its_body_arrives() -> None:
 
 def test_default_limit_rejects_a_2_mib_announcement() -> None:
     with pytest.raises(MalformedPacket):
-        decode(b"\x30" + _remaining_length(2 * 1024 * 1024), server_side=CLIENT)
+        decode(b"\x30" + remaining_length_bytes(2 * 1024 * 1024), server_side=CLIENT)
 
 
 def test_malformed_packet_split_across_chunks_is_rejected_once_complete() -> None:

@@ -259,7 +259,7 @@ class PacketReader:
                         rl = (rl & 0x7F) | (chunk[pos + 2] << 7)
                         start = pos + 3
                     else:
-                        rl, start = _long_remaining_length(chunk, pos, n)
+                        rl, start = read_long_remaining_length(chunk, pos, n)
                         if start < 0:
                             break  # the length's continuation bytes have not all arrived
                 end = start + rl
@@ -331,7 +331,7 @@ class PacketReader:
         return _DECODERS[kind](data, start, end)
 
 
-def _long_remaining_length(data: bytes, pos: int, n: int) -> tuple[int, int]:
+def read_long_remaining_length(data: bytes, pos: int, n: int) -> tuple[int, int]:
     """Decode a remaining length of 2 to 4 bytes at data[pos + 1]: (value, body start).
 
     Returns (0, -1) while continuation bytes are still missing.
@@ -564,7 +564,7 @@ _HEAD_U16 = struct.Struct(">BBH").pack  # first byte, 1-byte remaining length, 1
 _RL_ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length_bytes(n: int) -> bytes:
     """The variable byte integer for a remaining length (MQTT-2.2.3)."""
     if n < 128:
         return _RL_ONE_BYTE[n]
@@ -578,7 +578,7 @@ def _remaining_length(n: int) -> bytes:
 
 
 def _packet(b0: int, body: bytes) -> bytes:
-    return bytes((b0,)) + _remaining_length(len(body)) + body
+    return bytes((b0,)) + remaining_length_bytes(len(body)) + body
 
 
 def _check_packet_id(packet_id: int) -> None:
@@ -640,7 +640,7 @@ def encode_publish(
         tail = b""
     if topic_len > 65_535:
         raise ValueError("topic longer than 65535 bytes")
-    head = bytes((b0,)) + _remaining_length(rl) + topic_len.to_bytes(2)
+    head = bytes((b0,)) + remaining_length_bytes(rl) + topic_len.to_bytes(2)
     return b"".join((head, raw_topic, tail, payload))
 
 

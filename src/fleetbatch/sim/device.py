@@ -44,6 +44,8 @@ from fleetbatch.devices.codec import (
     Suback,
     Subscribe,
     encode,
+    read_long_remaining_length,
+    remaining_length_bytes,
 )
 from fleetbatch.devices.topics import REQUEST_ID_MARK, device_prefix
 from fleetbatch.domain.timefmt import to_compact, to_hour_stamp
@@ -106,30 +108,7 @@ def _now_compact() -> str:
 
 def _fixed_header(b0: int, rl: int) -> bytes:
     """First byte plus the remaining length as a variable byte integer (MQTT-2.2.3)."""
-    if rl < 128:
-        return bytes((b0, rl))
-    if rl < 16_384:
-        return bytes((b0, rl & 0x7F | 0x80, rl >> 7))
-    if rl < 2_097_152:
-        return bytes((b0, rl & 0x7F | 0x80, (rl >> 7) & 0x7F | 0x80, rl >> 14))
-    return bytes(
-        (b0, rl & 0x7F | 0x80, (rl >> 7) & 0x7F | 0x80, (rl >> 14) & 0x7F | 0x80, rl >> 21)
-    )
-
-
-def _long_remaining_length(data: bytes, pos: int, n: int) -> tuple[int, int]:
-    """A remaining length of 2-4 bytes at data[pos + 1]: (value, body start), (0, -1) if cut."""
-    value = 0
-    shift = 0
-    for i in range(pos + 1, pos + 5):
-        if i >= n:
-            return 0, -1
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 128:
-            return value, i + 1
-        shift += 7
-    raise MalformedPacket("remaining length longer than 4 bytes")  # MQTT-2.2.3
+    return bytes((b0,)) + remaining_length_bytes(rl)
 
 
 def publish_packet(topic: bytes, payload: bytes, qos: int, packet_id: int) -> bytes:
@@ -549,7 +528,7 @@ class SimDevice(asyncio.Protocol):
                         rl = (rl & 0x7F) | (data[pos + 2] << 7)
                         start = pos + 3
                     else:
-                        rl, start = _long_remaining_length(data, pos, n)
+                        rl, start = read_long_remaining_length(data, pos, n)
                         if start < 0:
                             break
                 end = start + rl
