@@ -214,8 +214,12 @@ class BuiltinTransport:
                         log.debug("mqtt.keepalive_expired device_id=%s", connection.device_id)
                         # the peer is gone: a graceful close would wait on its unread bytes
                         connection.abort()
+                elif connection.state == CLOSED:
+                    # closed gracefully but the peer never took the last bytes: drop it
+                    if now - connection.closed_at > CLOSE_TIMEOUT_S:
+                        connection.abort()
                 elif now - connection.opened_at > self.connect_timeout_s:
-                    connection.close()
+                    connection.abort()  # no complete TLS handshake + CONNECT in time
 
     # --- DeviceChannel -----------------------------------------------------------------
 
@@ -354,6 +358,7 @@ class MqttConnection(asyncio.Protocol):
         "_reader",
         "_subscriptions",
         "_will",
+        "closed_at",
         "device_id",
         "keepalive_s",
         "last_rx",
@@ -372,6 +377,7 @@ class MqttConnection(asyncio.Protocol):
         self.prefix = ""
         self.keepalive_s = 0
         self.opened_at = self.last_rx = server.now
+        self.closed_at = 0.0
         self._reader = PacketReader(server_side=True, max_packet_size=server.max_packet_bytes)
         self._early: list[Any] | None = None
         self._subscriptions: list[str] | None = None
@@ -667,7 +673,9 @@ class MqttConnection(asyncio.Protocol):
 
         The state turns CLOSED at once, so nothing else read in the same chunk is handled.
         """
-        self.state = CLOSED
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.closed_at = self.server.now
         if self.transport is not None and not self.transport.is_closing():
             self.flush()  # a refusal's CONNACK goes out before the close
             self.transport.close()
