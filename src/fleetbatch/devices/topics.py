@@ -46,6 +46,18 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def _request(device_id: str, request_id: str, kind: str, body: dict[str, Any]) -> Downlink:
+    """A downlink on `sys/{kind}/request_id=...`, answered on `sys/{kind}/response/...`."""
+    prefix = device_prefix(device_id)
+    return Downlink(
+        device_id,
+        f"{prefix}sys/{kind}/{REQUEST_ID_MARK}{request_id}",
+        _json(body),
+        response_topic=f"{prefix}sys/{kind}/response/{REQUEST_ID_MARK}{request_id}",
+        request_id=request_id,
+    )
+
+
 def command(
     device_id: str,
     request_id: str,
@@ -56,20 +68,13 @@ def command(
     object_device_id: str | None = None,
 ) -> Downlink:
     """A platform command (T1); the device answers on the command response topic (T2)."""
-    prefix = device_prefix(device_id)
     body: dict[str, Any] = {"object_device_id": object_device_id or device_id}
     if service_id is not None:
         body["service_id"] = service_id
     if command_name is not None:
         body["command_name"] = command_name
     body["paras"] = paras if paras is not None else {}
-    return Downlink(
-        device_id,
-        f"{prefix}sys/commands/{REQUEST_ID_MARK}{request_id}",
-        _json(body),
-        response_topic=f"{prefix}sys/commands/response/{REQUEST_ID_MARK}{request_id}",
-        request_id=request_id,
-    )
+    return _request(device_id, request_id, "commands", body)
 
 
 def properties_set(
@@ -80,15 +85,8 @@ def properties_set(
     object_device_id: str | None = None,
 ) -> Downlink:
     """Set properties (T6); `services` items are `{"service_id", "properties"}`; answered on T7."""
-    prefix = device_prefix(device_id)
     body = {"object_device_id": object_device_id or device_id, "services": services}
-    return Downlink(
-        device_id,
-        f"{prefix}sys/properties/set/{REQUEST_ID_MARK}{request_id}",
-        _json(body),
-        response_topic=f"{prefix}sys/properties/set/response/{REQUEST_ID_MARK}{request_id}",
-        request_id=request_id,
-    )
+    return _request(device_id, request_id, "properties/set", body)
 
 
 def properties_get(
@@ -99,17 +97,10 @@ def properties_get(
     object_device_id: str | None = None,
 ) -> Downlink:
     """Ask for property values (T8), all services when `service_id` is None; answered on T9."""
-    prefix = device_prefix(device_id)
     body: dict[str, Any] = {"object_device_id": object_device_id or device_id}
     if service_id is not None:
         body["service_id"] = service_id
-    return Downlink(
-        device_id,
-        f"{prefix}sys/properties/get/{REQUEST_ID_MARK}{request_id}",
-        _json(body),
-        response_topic=f"{prefix}sys/properties/get/response/{REQUEST_ID_MARK}{request_id}",
-        request_id=request_id,
-    )
+    return _request(device_id, request_id, "properties/get", body)
 
 
 def message(
