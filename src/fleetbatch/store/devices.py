@@ -210,31 +210,28 @@ async def record_presence(
     if it also connected within this batch, else None); `seen`: (device_id, last activity).
     """
     d = devices.c
-    if online:
+    # connects and disconnects share one statement: the status, and the connect time to keep
+    # as the first activity (a disconnect carries it when it connected within the batch)
+    changes = [
+        {"b_id": i, "b_status": DeviceStatus.ONLINE.value, "b_at": at, "b_on": at}
+        for i, at in online
+    ]
+    changes += [
+        {"b_id": i, "b_status": DeviceStatus.OFFLINE.value, "b_at": at, "b_on": on}
+        for i, at, on in offline
+    ]
+    if changes:
         statement = (
             devices.update()
             .where(d.device_id == bindparam("b_id"), _NOT_FROZEN, _NOT_OLDER)
             .values(
-                status=DeviceStatus.ONLINE.value,
-                active_at=func.coalesce(d.active_at, bindparam("b_at")),
-                last_seen_at=bindparam("b_at"),
-                status_changed_at=bindparam("b_at"),
-            )
-        )
-        await conn.execute(statement, [{"b_id": i, "b_at": at} for i, at in online])
-    if offline:
-        statement = (
-            devices.update()
-            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN, _NOT_OLDER)
-            .values(
-                status=DeviceStatus.OFFLINE.value,
+                status=bindparam("b_status"),
                 active_at=func.coalesce(d.active_at, bindparam("b_on")),
                 last_seen_at=bindparam("b_at"),
                 status_changed_at=bindparam("b_at"),
             )
         )
-        rows = [{"b_id": i, "b_at": at, "b_on": on} for i, at, on in offline]
-        await conn.execute(statement, rows)
+        await conn.execute(statement, changes)
     if seen:
         statement = (
             devices.update()
