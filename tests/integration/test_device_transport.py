@@ -46,6 +46,15 @@ class Platform:
         await wait_until(lambda: created.device_id in self.transport.sessions, timeout_s=5)
         return raw
 
+    async def answers_a_command(self, raw: RawDevice, device_id: str, request_id: str) -> None:
+        """A command through the channel reaches `raw`, whose empty answer comes back typed."""
+        call = asyncio.create_task(
+            self.transport.request(topics.command(device_id, request_id), timeout_s=5)
+        )
+        command = await raw.expect(codec.Publish)
+        raw.send(codec.Publish(command.topic.replace("commands/", "commands/response/"), b"{}"))
+        assert isinstance(await call, CommandResponse)
+
     async def status(self, device_id: str) -> DeviceStatus:
         assert self.server.runtime is not None
         found = await self.server.runtime.registry.devices.find(device_id)
@@ -326,12 +335,7 @@ async def test_a_malformed_packet_closes_only_its_own_connection(
     offender.send_raw(garbage)
     await offender.wait_closed()
     # the other device still gets a command and answers; new devices still connect
-    call = asyncio.create_task(
-        platform.transport.request(topics.command(bystander_id, "still-up"), timeout_s=5)
-    )
-    command = await bystander.expect(codec.Publish)
-    bystander.send(codec.Publish(command.topic.replace("commands/", "commands/response/"), b"{}"))
-    assert isinstance(await call, CommandResponse)
+    await platform.answers_a_command(bystander, bystander_id, "still-up")
     await platform.device(2)
 
 
@@ -353,12 +357,7 @@ async def test_mqtts_verifies_against_the_data_dir_ca_without_a_hostname_check(
     created = platform.devices[3]
     raw = await RawDevice.open(platform.host, platform.server.mqtts_port, ssl_context=context)
     assert await raw.connect(*credentials(created.device_id, created.secret)) == 0
-    call = asyncio.create_task(
-        platform.transport.request(topics.command(created.device_id, "tls"), timeout_s=5)
-    )
-    command = await raw.expect(codec.Publish)
-    raw.send(codec.Publish(command.topic.replace("commands/", "commands/response/"), b"{}"))
-    assert isinstance(await call, CommandResponse)
+    await platform.answers_a_command(raw, created.device_id, "tls")
     await raw.close()
 
 
@@ -568,12 +567,7 @@ async def test_random_bytes_from_many_connections_never_disturb_a_working_device
         raw.send_raw(garbage)
         raw.send_raw(codec.DISCONNECT_BYTES)
         await raw.close()
-    answer = asyncio.create_task(
-        platform.transport.request(topics.command(bystander_id, "after-noise"), timeout_s=5)
-    )
-    command = await bystander.expect(codec.Publish)
-    bystander.send(codec.Publish(command.topic.replace("commands/", "commands/response/"), b"{}"))
-    assert isinstance(await answer, CommandResponse)
+    await platform.answers_a_command(bystander, bystander_id, "after-noise")
     await platform.device(2)
 
 
