@@ -57,6 +57,8 @@ class Store:
             _configure_sqlite(engine, settings.sqlite_busy_timeout_s)
         store = cls(engine, timeout_s=settings.db_timeout_s)
         try:
+            if engine.dialect.name == "sqlite":
+                await store._use_wal()
             await store.ping()
             if migrate:
                 await store.migrate()
@@ -81,6 +83,19 @@ class Store:
                 # one migrator at a time across processes and machines
                 await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7224413)")
             await conn.run_sync(migrations_runner.upgrade_to_head)
+
+    async def _use_wal(self) -> None:
+        """Put the SQLite file in WAL mode (it stays so), under the migration lock.
+
+        Changing the journal mode needs the file to itself, and SQLite answers "database is
+        locked" at once, busy timeout or not, when another process opens it at that moment:
+        several processes starting together on a new data dir take turns instead.
+        """
+        async with _file_lock(self._migration_lock_path()), self.engine.connect() as conn:
+            # on the driver's connection: no transaction may be open for this pragma
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # an open pooled connection has one
+            await driver.execute("PRAGMA journal_mode=WAL")
 
     def _migration_lock_path(self) -> Path | None:
         database = self.engine.url.database
@@ -124,8 +139,8 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
         # let SQLAlchemy's begin event, not the driver, decide how transactions start
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # the journal mode is the file's, set once by `Store.open` (`_use_wal`)
         for pragma in (
-            "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA foreign_keys=ON",
             f"PRAGMA busy_timeout={busy_ms}",
