@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from fleetbatch.clock import Clock, SystemClock
+from fleetbatch.engine.service import TaskService
 from fleetbatch.registry import Registry
 from fleetbatch.settings import Settings
 from fleetbatch.store.database import Store
@@ -27,6 +28,7 @@ class Runtime:
     vault: SecretVault
     clock: Clock
     registry: Registry
+    tasks: TaskService
 
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -40,7 +42,15 @@ class Runtime:
             raise
         clock = clock or SystemClock()
         registry = Registry(store, vault, clock, default_throttle=settings.default_throttle_per_min)
-        return cls(settings=settings, store=store, vault=vault, clock=clock, registry=registry)
+        tasks = TaskService(store, clock)
+        return cls(
+            settings=settings,
+            store=store,
+            vault=vault,
+            clock=clock,
+            registry=registry,
+            tasks=tasks,
+        )
 
     async def close(self) -> None:
         """Release the database connections."""

@@ -38,6 +38,8 @@ from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.devices.presence import PresenceRecorder
 from fleetbatch.devices.transport import BuiltinTransport
 from fleetbatch.domain.errors import FleetbatchError
+from fleetbatch.engine.engine import Engine, EngineConfig
+from fleetbatch.engine.executors import build_executors
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.tls import TlsFiles, device_ssl_context, ensure_tls_files
@@ -87,6 +89,7 @@ class Server:
         self.channel: DeviceChannel | None = None
         self.presence: PresenceRecorder | None = None
         self.authenticator: DeviceAuthenticator | None = None
+        self.engine: Engine | None = None
         self._began = False
         self._stopped = False
 
@@ -150,6 +153,7 @@ class Server:
             self.runtime = await Runtime.open(self.settings)
             self._cleanup.push_async_callback(self.runtime.close)
             await self._start_devices(self.runtime)
+            await self._start_engine(self.runtime)
             self.app = create_app(self.runtime)
             self.app.state.channel = self.channel
             self.app.state.presence = self.presence
@@ -262,6 +266,25 @@ class Server:
             for sock in self._sockets.values():
                 sock.close()
             raise
+
+    async def _start_engine(self, runtime: Runtime) -> None:
+        """The batch engine over the device channel; stopped before the channel closes."""
+        if not self.settings.engine_enabled:
+            return
+        assert self.channel is not None
+        executors = build_executors(
+            self.channel, runtime.clock, command_timeout_s=self.settings.command_timeout_s
+        )
+        self.engine = Engine(
+            runtime.store,
+            runtime.clock,
+            runtime.tasks,
+            executors,
+            channel=self.channel,
+            config=EngineConfig.from_settings(self.settings),
+        )
+        self._cleanup.push_async_callback(self.engine.close)
+        await self.engine.start()
 
     async def _start_devices(self, runtime: Runtime) -> None:
         """The device channel: the built-in transport on the MQTT ports, or a broker client.

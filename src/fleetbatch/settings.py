@@ -81,6 +81,28 @@ class Settings(BaseSettings):
     mqtt_max_packet_bytes: int = Field(1024 * 1024, ge=128, le=268_435_455)
     mqtt_connect_timeout_s: float = Field(10.0, gt=0)
     presence_flush_s: float = Field(0.5, gt=0, description="How often presence is persisted.")
+    engine_enabled: bool = Field(True, description="Run the batch engine in `serve`.")
+    engine_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Subtasks claimed per task per dispatch round."
+    )
+    engine_max_in_flight: int = Field(
+        2000, ge=1, description="Device operations one engine worker keeps in flight at most."
+    )
+    engine_sweep_s: float = Field(
+        0.5, gt=0, description="How often timeouts, retries, schedules and leases are checked."
+    )
+    engine_lease_s: float = Field(
+        10.0, gt=0, description="A worker silent this long is dead; its subtasks go to others."
+    )
+    engine_flush_ms: float = Field(
+        2.0, ge=0, description="How long device results gather before one write applies them."
+    )
+    engine_expand_chunk: int = Field(
+        20_000, ge=100, description="Devices a selector expands into subtasks per transaction."
+    )
+    command_timeout_s: float = Field(
+        20.0, gt=0, description="How long a device has to answer a command (IoTDA: 20 s)."
+    )
 
     @field_validator("broker")
     @classmethod

@@ -182,6 +182,7 @@ tasks = Table(
     Column("policy", Text, nullable=False),
     Column("ext_info", Text),
     Column("timeout_s", Integer),
+    Column("subtask_timeout_s", Float),
     Column("max_concurrency", Integer),
     Column("rate_per_min", Integer),
     Column("retry_count", Integer, nullable=False, server_default="0"),
@@ -234,6 +235,10 @@ subtasks = Table(
     Column("device_pk", BigInteger),
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False, server_default="0"),
+    # failed attempts so far; the retry budget is spent on these, not on crash re-dispatches
+    Column("failures", Integer, nullable=False, server_default="0"),
+    # the finer life of some types (async commands: PENDING, SENT, DELIVERED, ...)
+    Column("phase", String(16)),
     Column("request_id", String(100)),
     Column("due_at", BigInteger),
     Column("claimed_by", String(64)),
@@ -246,7 +251,32 @@ subtasks = Table(
     Column("started_at", BigInteger),
     Column("finished_at", BigInteger),
     Index(None, "task_pk", "status", "id"),
-    Index(None, "task_pk", "target"),
+    # one subtask per device and task
+    Index(None, "task_pk", "target", unique=True),
     Index(None, "task_pk", "id"),
     Index(None, "request_id"),
+)
+
+
+# The desired and reported state of one service of one device (IoTDA's device shadow).
+device_shadows = Table(
+    "device_shadows",
+    metadata,
+    Column("device_pk", ForeignKey("devices.pk", ondelete="CASCADE"), primary_key=True),
+    Column("service_id", String(64), primary_key=True),
+    Column("desired", Text),
+    Column("desired_at", BigInteger),
+    Column("reported", Text),
+    Column("reported_at", BigInteger),
+    Column("version", BigInteger, nullable=False, server_default="0"),
+)
+
+# Engine workers alive: each renews its lease; the subtasks a dead worker had in flight
+# are handed out again once its lease has run out.
+engine_workers = Table(
+    "engine_workers",
+    metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("lease_until", BigInteger, nullable=False),
 )

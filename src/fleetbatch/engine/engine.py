@@ -1,0 +1,545 @@
+"""The engine worker: dispatcher, ingestor, sweeper and expander loops over the store.
+
+- The **dispatcher** claims due subtasks in batches, round-robin across running tasks,
+  within each task's concurrency and rate limits and this worker's in-flight window, and
+  hands them to the task type's executor. It sleeps on an event: a task created in this
+  process, a freed slot or a sweep wakes it; nothing polls while the fleet is idle.
+- The **ingestor** gathers outcomes for `flush_ms` and applies them in one guarded,
+  set-based UPDATE per batch; the counters change in the same transaction.
+- The **sweeper** renews this worker's lease, hands a dead worker's subtasks out again,
+  times out attempts whose lease ran out, starts scheduled tasks, times out whole tasks,
+  applies the abort rule and finalises tasks whose subtasks are all terminal. It also
+  picks up tasks other processes (the CLI) created.
+- The **expander** turns selectors into subtasks, chunk by chunk.
+
+Outcomes waiting in memory are lost with the process, but their subtasks stay processing,
+claimed by this worker; once its lease runs out another worker (or this one restarted)
+sends them again, so nothing is lost and the attempt guard keeps anything from counting
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
+
+from fleetbatch.clock import Clock
+from fleetbatch.devices.channel import DeviceChannel
+from fleetbatch.devices.topics import CommandResponse, Uplink
+from fleetbatch.domain.errors import FleetbatchError
+from fleetbatch.domain.states import TaskStatus
+from fleetbatch.domain.tasks import Progress, Task, TaskType, parse_request_id, should_abort
+from fleetbatch.engine import steps
+from fleetbatch.engine.executors.base import DeviceExecutor, Executor, StoreExecutor, TaskRun
+from fleetbatch.engine.expander import expand_step
+from fleetbatch.engine.service import TaskService
+from fleetbatch.settings import Settings
+from fleetbatch.store import subtasks as subtask_rows
+from fleetbatch.store import tasks as task_rows
+from fleetbatch.store.database import Store
+from fleetbatch.store.schema import engine_workers
+from fleetbatch.store.subtasks import Claimed, Outcome
+
+log = logging.getLogger(__name__)
+
+T = TaskStatus
+# beyond an attempt's own timeout, before the sweeper assumes its answer was lost
+LEASE_GRACE_S = 5.0
+# at most this many outcomes per write transaction
+MAX_APPLY = 5000
+RETRY_DB_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The engine's knobs (from Settings)."""
+
+    batch_size: int = 500
+    max_in_flight: int = 2000
+    sweep_s: float = 0.5
+    lease_s: float = 10.0
+    flush_ms: float = 2.0
+    expand_chunk: int = 20_000
+    command_timeout_s: float = 20.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            batch_size=settings.engine_batch_size,
+            max_in_flight=settings.engine_max_in_flight,
+            sweep_s=settings.engine_sweep_s,
+            lease_s=settings.engine_lease_s,
+            flush_ms=settings.engine_flush_ms,
+            expand_chunk=settings.engine_expand_chunk,
+            command_timeout_s=settings.command_timeout_s,
+        )
+
+
+@dataclass
+class EngineStats:
+    """Counts since start, for logs, metrics and benchmarks."""
+
+    claimed: int = 0
+    applied: int = 0
+    flushes: int = 0
+    claims: int = 0
+    late_answers: int = 0
+    db_errors: int = 0
+    finished_tasks: int = 0
+    expanded: int = 0
+    recent: list[int] = field(default_factory=list)
+
+
+def new_worker_id() -> str:
+    """A worker id unique to this process (host, pid and a random part)."""
+    return f"{socket.gethostname()[:32]}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Engine:
+    """One engine worker. `async with Engine(...)`, or `start()` / `close()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        service: TaskService,
+        executors: dict[TaskType, Executor],
+        *,
+        channel: DeviceChannel | None = None,
+        config: EngineConfig | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.service = service
+        self.executors = executors
+        self.channel = channel
+        self.config = config or EngineConfig()
+        self.worker_id = worker_id or new_worker_id()
+        self.stats = EngineStats()
+        self.runs: dict[int, TaskRun] = {}
+        self._in_flight = 0
+        self._outcomes: list[tuple[TaskRun | None, Outcome]] = []
+        self._wake = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._sweep_now = asyncio.Event()
+        self._expand_wanted = asyncio.Event()
+        self._finish_check: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._round = 0
+        self._listeners: list[Callable[[Task, TaskStatus], None]] = []
+        service.add_listener(self.wake)
+        if channel is not None:
+            channel.add_uplink_handler(self._on_uplink)
+            channel.add_presence_handler(self._on_presence)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register this worker and start the loops."""
+        await self._heartbeat()
+        await self._refresh()
+        for name, loop in (
+            ("dispatch", self._dispatch_loop),
+            ("ingest", self._ingest_loop),
+            ("sweep", self._sweep_loop),
+            ("expand", self._expand_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=f"fleetbatch-engine-{name}"))
+
+    async def close(self) -> None:
+        """Stop the loops, apply the outcomes already gathered, and retire this worker."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(FleetbatchError, DBAPIError, OSError):
+            async with asyncio.timeout(5):
+                await self._flush()
+                # what is still in flight is handed out again at once by the next worker
+                async with self.store.write() as conn:
+                    await conn.execute(
+                        update(engine_workers)
+                        .where(engine_workers.c.worker_id == self.worker_id)
+                        .values(lease_until=0)
+                    )
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def wake(self) -> None:
+        """Look for work now (a task was created, stopped or retried)."""
+        for run in self.runs.values():
+            run.idle = False
+        self._sweep_now.set()
+        self._wake.set()
+
+    def add_finish_listener(self, listener: Callable[[Task, TaskStatus], None]) -> None:
+        """Call `listener(task, status)` when this worker finalises a task."""
+        self._listeners.append(listener)
+
+    @property
+    def in_flight(self) -> int:
+        """Device operations this worker has sent and not yet heard back about."""
+        return self._in_flight
+
+    # --- dispatcher -----------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                progressed = await self._dispatch_round()
+            except (DBAPIError, OSError, FleetbatchError) as exc:
+                self.stats.db_errors += 1
+                log.warning("engine.dispatch_failed error=%s", exc)
+                progressed = False
+                await asyncio.sleep(RETRY_DB_S)
+            if progressed:
+                # let answers and the ingestor run between rounds
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.sweep_s):
+                    await self._wake.wait()
+
+    async def _dispatch_round(self) -> bool:
+        runs = [r for r in self.runs.values() if r.task.status is T.PROCESSING and not r.idle]
+        if not runs:
+            return False
+        # round-robin: each round starts one task further, so no task waits behind another
+        self._round += 1
+        start = self._round % len(runs)
+        progressed = False
+        for run in runs[start:] + runs[:start]:
+            window = self.config.max_in_flight - self._in_flight
+            if window <= 0:
+                break
+            now = time.monotonic()
+            wanted = min(self.config.batch_size, window, run.room(), run.allowance(now))
+            if wanted <= 0:
+                continue
+            executor = self.executors[run.task.task_type]
+            if executor.kind == "store":
+                count = await self._run_store_batch(run, executor, wanted)  # type: ignore[arg-type]
+            else:
+                count = await self._run_device_batch(run, executor, wanted)  # type: ignore[arg-type]
+            if count:
+                progressed = True
+                run.spend(count)
+            if count < wanted:
+                run.idle = True
+        return progressed
+
+    async def _run_device_batch(self, run: TaskRun, executor: DeviceExecutor, wanted: int) -> int:
+        now = self.clock.now_ms()
+        request = steps.ClaimRequest(
+            task_pk=run.pk,
+            limit=wanted,
+            lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
+            online_only=executor.online_only(run.task),
+            phase=executor.claim_phase(run.task),
+        )
+        claimed = await steps.claim_batch(self.store, request, worker_id=self.worker_id, now_ms=now)
+        if not claimed:
+            return 0
+        self.stats.claims += 1
+        self.stats.claimed += len(claimed)
+        run.in_flight += len(claimed)
+        self._in_flight += len(claimed)
+        executor.dispatch(run, claimed, self.report)
+        return len(claimed)
+
+    async def _run_store_batch(self, run: TaskRun, executor: StoreExecutor, wanted: int) -> int:
+        now = self.clock.now_ms()
+        async with self.store.write() as conn:
+            claimed: list[Claimed] = []
+            for status in (steps.S.FAIL_WAIT_RETRY, steps.S.WAITING):
+                got = await subtask_rows.claim(
+                    conn,
+                    run.pk,
+                    status,
+                    wanted - len(claimed),
+                    worker_id=self.worker_id,
+                    now_ms=now,
+                    lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
+                )
+                if got:
+                    await task_rows.add_counts(
+                        conn, run.pk, {status: -len(got), steps.S.PROCESSING: len(got)}
+                    )
+                claimed.extend(got)
+                if len(claimed) >= wanted:
+                    break
+            if not claimed:
+                return 0
+            outcomes = await executor.execute(conn, run, claimed, now)
+            progress = await steps.apply_in(conn, outcomes, now_ms=now)
+        self.stats.claimed += len(claimed)
+        self.stats.applied += len(outcomes)
+        await executor.after_commit(run, claimed, outcomes)
+        self._after_progress(progress)
+        return len(claimed)
+
+    # --- ingestor -------------------------------------------------------------------------
+
+    def report(self, run: TaskRun | None, outcome: Outcome) -> None:
+        """An attempt's outcome (called by executors, from callbacks; never blocks)."""
+        if run is not None:
+            run.in_flight -= 1
+            self._in_flight -= 1
+        self._outcomes.append((run, outcome))
+        self._flush_wanted.set()
+        self._wake.set()
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if self.config.flush_ms:
+                # let a burst of answers gather into one transaction
+                await asyncio.sleep(self.config.flush_ms / 1000)
+            try:
+                await self._flush()
+            except (DBAPIError, OSError, FleetbatchError) as exc:
+                self.stats.db_errors += 1
+                log.warning("engine.apply_failed error=%s", exc)
+                await asyncio.sleep(RETRY_DB_S)
+                self._flush_wanted.set()
+
+    async def _flush(self) -> None:
+        while self._outcomes:
+            batch = self._outcomes[:MAX_APPLY]
+            progress = await steps.apply_outcomes(
+                self.store, [o for _, o in batch], now_ms=self.clock.now_ms()
+            )
+            # only once written: on a failure the batch stays queued and is tried again
+            del self._outcomes[: len(batch)]
+            self.stats.flushes += 1
+            self.stats.applied += len(batch)
+            self._after_progress(progress)
+
+    def _after_progress(self, progress: dict[int, Progress]) -> None:
+        for task_pk, now_progress in progress.items():
+            run = self.runs.get(task_pk)
+            if not now_progress.unfinished or (
+                run is not None and should_abort(now_progress, run.task.policy)
+            ):
+                self._finish_check.add(task_pk)
+                self._sweep_now.set()
+            elif now_progress.fail_wait_retry and run is not None:
+                # a retry may be due at once (maxRetransmit has no interval)
+                run.idle = False
+
+    def _on_uplink(self, uplink: Uplink) -> None:
+        # an answer nobody waits for: a late one, or one for another worker's attempt
+        # (broker mode, shared subscriptions); only a success is taken this way, a failure
+        # is left to that attempt's own timeout and retry policy
+        if not isinstance(uplink, CommandResponse) or uplink.result_code != 0:
+            return
+        parsed = parse_request_id(uplink.request_id)
+        if parsed is None:
+            return
+        self.stats.late_answers += 1
+        subtask_id, attempt = parsed
+        body = uplink.body if isinstance(uplink.body, dict) else None
+        output = orjson.dumps(body).decode() if body is not None else None
+        self.report(None, Outcome(subtask_id, attempt, steps.S.SUCCESS, output=output))
+
+    def _on_presence(self, device_id: str, online: bool, at_ms: int) -> None:
+        if online and any(
+            r.task.task_type is TaskType.CREATE_ASYNC_COMMANDS for r in self.runs.values()
+        ):
+            # a device held commands for may have come: look again after presence is written
+            for run in self.runs.values():
+                run.idle = False
+
+    # --- sweeper --------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.sweep_s):
+                    await self._sweep_now.wait()
+            self._sweep_now.clear()
+            try:
+                await self.sweep()
+            except (DBAPIError, OSError, FleetbatchError) as exc:
+                self.stats.db_errors += 1
+                log.warning("engine.sweep_failed error=%s", exc)
+                await asyncio.sleep(RETRY_DB_S)
+
+    async def sweep(self) -> None:
+        """One pass of the periodic duties (public for tests that drive time themselves)."""
+        await self._heartbeat()
+        await self._requeue_dead()
+        await self._refresh()
+        now = self.clock.now_ms()
+        for run in list(self.runs.values()):
+            task = run.task
+            if task.status is T.WAITING and await steps.start_if_due(
+                self.store, task.pk, now_ms=now
+            ):
+                log.info("task.started task_id=%s", task.task_id)
+            deadline = task.deadline_at
+            if (
+                task.status in (T.PROCESSING, T.WAITING)
+                and deadline is not None
+                and deadline <= now
+                and await steps.time_out_task(self.store, task.pk, now_ms=now)
+            ):
+                self._finished(task, T.TIMEOUT)
+                continue
+            if task.status is T.PROCESSING:
+                progress = await steps.time_out_overdue(self.store, task, now_ms=now)
+                if task.task_type is TaskType.CREATE_ASYNC_COMMANDS:
+                    await self._expire_held(task, now)
+                if progress:
+                    self._after_progress(progress)
+                if should_abort(task.progress, task.policy) and await steps.abort_if_failing(
+                    self.store, task.pk, now_ms=now
+                ):
+                    log.info("task.aborted task_id=%s", task.task_id)
+                    self._finished(task, T.STOPPED)
+                    continue
+            if task.status in (T.PROCESSING, T.STOPPING) and (
+                not task.progress.unfinished or task.pk in self._finish_check
+            ):
+                status = await steps.finish_if_done(self.store, task.pk, now_ms=now)
+                if status is not None:
+                    self._finished(task, status)
+            run.idle = False
+        self._finish_check.clear()
+        await self._refresh()
+        self._wake.set()
+        if any(r.task.status is T.INITIALIZING for r in self.runs.values()):
+            self._expand_wanted.set()
+
+    async def _expire_held(self, task: Task, now: int) -> None:
+        """Async commands still held when their expire_time passes are expired."""
+        expire_s = int(task.document.get("expire_time", 0))
+        if (
+            task.document.get("send_strategy") != "delay"
+            or (task.created_at + expire_s * 1000) > now
+        ):
+            return
+        async with self.store.write() as conn:
+            deltas = await subtask_rows.transition(
+                conn,
+                task.pk,
+                (steps.S.WAITING, steps.S.FAIL_WAIT_RETRY),
+                steps.S.TIMEOUT,
+                now,
+                phase="EXPIRED",
+                error_code="command.expired",
+                error_msg="the command expired before the device connected",
+            )
+            await steps.add_deltas(conn, {task.pk: deltas})
+
+    def _finished(self, task: Task, status: TaskStatus) -> None:
+        self.stats.finished_tasks += 1
+        log.info("task.finished task_id=%s status=%s", task.task_id, status.value)
+        self.runs.pop(task.pk, None)
+        for listener in self._listeners:
+            listener(task, status)
+
+    async def _heartbeat(self) -> None:
+        now = self.clock.now_ms()
+        lease_until = now + int(self.config.lease_s * 1000)
+        async with self.store.write() as conn:
+            result = await conn.execute(
+                update(engine_workers)
+                .where(engine_workers.c.worker_id == self.worker_id)
+                .values(lease_until=lease_until)
+            )
+            if not result.rowcount:
+                await conn.execute(
+                    engine_workers.insert().values(
+                        worker_id=self.worker_id, started_at=now, lease_until=lease_until
+                    )
+                )
+
+    async def _requeue_dead(self) -> None:
+        now = self.clock.now_ms()
+        async with self.store.read() as conn:
+            dead = list(
+                (
+                    await conn.execute(
+                        select(engine_workers.c.worker_id).where(
+                            engine_workers.c.lease_until < now,
+                            engine_workers.c.worker_id != self.worker_id,
+                        )
+                    )
+                ).scalars()
+            )
+        if not dead:
+            return
+        progress = await steps.requeue_orphans(self.store, dead, now_ms=now)
+        async with self.store.write() as conn:
+            await conn.execute(delete(engine_workers).where(engine_workers.c.worker_id.in_(dead)))
+        if progress:
+            log.info("engine.requeued workers=%s tasks=%d", ",".join(dead), len(progress))
+            for run in self.runs.values():
+                run.idle = False
+
+    async def _refresh(self) -> None:
+        """Read the active tasks; keep each run's in-flight bookkeeping."""
+        async with self.store.read() as conn:
+            rows = await task_rows.list_task_rows(conn, task_rows.ACTIVE_TASK_STATUSES)
+        fresh: dict[int, TaskRun] = {}
+        for row in rows:
+            task = task_rows.task_from_row(row)
+            executor = self.executors.get(task.task_type)
+            if executor is None:
+                continue
+            run = self.runs.get(task.pk)
+            if run is None:
+                timeout_s = task.policy.subtask_timeout_s or executor.default_timeout_s
+                run = TaskRun(task=task, timeout_s=timeout_s)
+            else:
+                run.task = task
+            fresh[task.pk] = run
+        self.runs = fresh
+
+    # --- expander -------------------------------------------------------------------------
+
+    async def _expand_loop(self) -> None:
+        while True:
+            await self._expand_wanted.wait()
+            self._expand_wanted.clear()
+            for run in [r for r in self.runs.values() if r.task.status is T.INITIALIZING]:
+                try:
+                    while not await expand_step(
+                        self.store,
+                        run.task,
+                        chunk=self.config.expand_chunk,
+                        now_ms=self.clock.now_ms(),
+                    ):
+                        self.stats.expanded += 1
+                except (DBAPIError, OSError, FleetbatchError) as exc:
+                    self.stats.db_errors += 1
+                    log.warning("engine.expand_failed task_id=%s error=%s", run.task.task_id, exc)
+                    await asyncio.sleep(RETRY_DB_S)
+                    self._expand_wanted.set()
+            self.wake()
+
+
+def runs_snapshot(engine: Engine) -> Sequence[TaskRun]:
+    """The runs the engine currently drives (for status displays)."""
+    return list(engine.runs.values())

@@ -1,0 +1,115 @@
+"""An in-process platform for engine tests: a server on free ports with simulated devices."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from fleetbatch.domain.registry import App, CreatedDevice, NewDevice
+from fleetbatch.domain.states import SubtaskStatus
+from fleetbatch.domain.tasks import Task
+from fleetbatch.engine.engine import Engine
+from fleetbatch.engine.service import TaskService
+from fleetbatch.runtime import Runtime
+from fleetbatch.server import Server
+from fleetbatch.settings import Settings
+from fleetbatch.sim.fleet import FleetDevice
+from fleetbatch.sim.runner import Simulator
+from fleetbatch.store import subtasks as subtask_rows
+from fleetbatch.store import tasks as task_rows
+from support.waiting import wait_until
+
+
+@dataclass
+class Fleet:
+    """A running server, its app, its registered devices and (maybe) their simulator."""
+
+    server: Server
+    app: App
+    devices: list[CreatedDevice]
+    sim: Simulator | None
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.server.runtime is not None
+        return self.server.runtime
+
+    @property
+    def tasks(self) -> TaskService:
+        return self.runtime.tasks
+
+    @property
+    def engine(self) -> Engine:
+        assert self.server.engine is not None
+        return self.server.engine
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [d.device_id for d in self.devices]
+
+    async def finished(self, task: Task, timeout_s: float = 30) -> Task:
+        """The task once it reached a final status (fails the test after `timeout_s`)."""
+        latest = task
+
+        async def done() -> bool:
+            nonlocal latest
+            latest = await self.tasks.get(task.task_id)
+            return latest.finished
+
+        await wait_until(done, timeout_s=timeout_s)
+        return latest
+
+
+def engine_settings(settings: Settings, **changes: object) -> Settings:
+    """Free ports and quick sweeps for tests."""
+    update: dict[str, object] = {
+        "http_port": 0,
+        "https_port": 0,
+        "mqtt_port": 0,
+        "mqtts_port": 0,
+        "presence_flush_s": 0.05,
+        "engine_sweep_s": 0.1,
+    }
+    update.update(changes)
+    return settings.model_copy(update=update)
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(
+    settings: Settings,
+    count: int,
+    *,
+    behaviors: Sequence[str] = (),
+    simulate: bool = True,
+    seed: int = 1,
+) -> AsyncIterator[Fleet]:
+    """A server with `count` registered devices, all connected through the simulator."""
+    async with Server(settings) as server:
+        assert server.runtime is not None
+        registry = server.runtime.registry
+        app = await registry.apps.create("engine-test")
+        product = await registry.products.default(app.app_id)
+        created = await registry.devices.create_many(
+            app.app_id, product.product_id, [NewDevice(node_id=f"n{i:06d}") for i in range(count)]
+        )
+        if not simulate:
+            yield Fleet(server, app, created, None)
+            return
+        fleet = [FleetDevice(d.device_id, d.secret) for d in created]
+        url = f"mqtt://127.0.0.1:{server.mqtt_port}"
+        async with Simulator(fleet, url, behaviors=behaviors, seed=seed) as sim:
+            await sim.wait_connected(timeout_s=30)
+            yield Fleet(server, app, created, sim)
+
+
+async def check_counters(runtime: Runtime, task: Task) -> None:
+    """The invariant: the task row's counters equal the per-status row counts."""
+    async with runtime.store.read() as conn:
+        rows = await subtask_rows.count_by_status(conn, task.pk)
+        row = await task_rows.get_task_row(conn, pk=task.pk)
+    assert row is not None
+    progress = task_rows.progress_from_row(row)
+    counted = {status.value: progress.count(status) for status in SubtaskStatus}
+    assert counted == {status.value: rows.get(status.value, 0) for status in SubtaskStatus}
+    assert progress.total == sum(rows.values())
