@@ -82,9 +82,15 @@ async def running_fleet(
     *,
     behaviors: Sequence[str] = (),
     simulate: bool = True,
+    simulated: int | None = None,
     seed: int = 1,
+    device_url: str | None = None,
 ) -> AsyncIterator[Fleet]:
-    """A server with `count` registered devices, all connected through the simulator."""
+    """A server with `count` registered devices, connected through the simulator.
+
+    `simulated`: only the first that many devices connect (the others stay offline);
+    `device_url`: where the devices connect (an external broker), else the built-in port.
+    """
     async with Server(settings) as server:
         assert server.runtime is not None
         registry = server.runtime.registry
@@ -96,9 +102,11 @@ async def running_fleet(
         if not simulate:
             yield Fleet(server, app, created, None)
             return
-        fleet = [FleetDevice(d.device_id, d.secret) for d in created]
-        url = f"mqtt://127.0.0.1:{server.mqtt_port}"
-        async with Simulator(fleet, url, behaviors=behaviors, seed=seed) as sim:
+        fleet = [FleetDevice(d.device_id, d.secret) for d in created[:simulated]]
+        url = device_url or f"mqtt://127.0.0.1:{server.mqtt_port}"
+        async with Simulator(
+            fleet, url, behaviors=behaviors, seed=seed, subscribe=device_url is not None
+        ) as sim:
             await sim.wait_connected(timeout_s=30)
             yield Fleet(server, app, created, sim)
 

@@ -1,0 +1,219 @@
+"""The engine's policies end to end: timeouts, retries, schedules, stop, retry, delete, abort.
+
+Each scenario runs a server with simulated devices (on SQLite and on PostgreSQL) and ends
+with the counter invariant checked against the rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetbatch.domain.errors import Conflict, NotFound
+from fleetbatch.domain.states import SubtaskStatus, TaskStatus
+from fleetbatch.domain.tasks import ErrorCode, NewTask, Task, TaskPolicy, TaskType
+from fleetbatch.settings import Settings
+from fleetbatch.sim.fleet import FleetDevice
+from fleetbatch.sim.runner import Simulator
+from support.engine import Fleet, check_counters, engine_settings, running_fleet
+from support.mosquitto import MosquittoBroker
+from support.waiting import wait_until
+
+COMMAND = {"service_id": "svc", "command_name": "reboot", "paras": {"delay": 1}}
+S = SubtaskStatus
+
+
+def command_task(fleet: Fleet, name: str, **policy: Any) -> NewTask:
+    return NewTask(
+        app_id=fleet.app.app_id,
+        task_type=TaskType.CREATE_COMMANDS,
+        name=name,
+        document=COMMAND,
+        policy=TaskPolicy(**policy),
+    )
+
+
+async def subtasks_by_target(fleet: Fleet, task: Task) -> dict[str, Any]:
+    _, page = await fleet.tasks.subtasks(task.task_id)
+    assert page.count <= 50
+    return {s.target: s for s in page.items}
+
+
+async def test_silent_devices_time_out_and_the_rest_succeed(settings: Settings) -> None:
+    behaviors = ["*_n00000[0-2]:silent=true"]
+    async with running_fleet(engine_settings(settings), 6, behaviors=behaviors) as fleet:
+        task = await fleet.tasks.create(
+            command_task(fleet, "timeouts", subtask_timeout_s=0.5), fleet.device_ids
+        )
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.PARTIAL_SUCCESS
+        assert (done.progress.success, done.progress.timeout) == (3, 3)
+        rows = await subtasks_by_target(fleet, task)
+        for device_id in fleet.device_ids[:3]:
+            assert rows[device_id].status is S.TIMEOUT
+            assert rows[device_id].error_code == ErrorCode.NO_RESPONSE.value
+        await check_counters(fleet.runtime, done)
+
+
+@pytest.mark.parametrize(
+    ("policy", "attempts"),
+    [({"retry_count": 2}, 3), ({"max_retransmit": 1}, 2)],
+    ids=["retry_count", "max_retransmit"],
+)
+async def test_failing_devices_are_retried_up_to_the_budget_then_fail(
+    settings: Settings, policy: dict[str, int], attempts: int
+) -> None:
+    behaviors = ["*_n00000[0-1]:fail_rate=1,fail_code=7"]
+    async with running_fleet(engine_settings(settings), 5, behaviors=behaviors) as fleet:
+        task = await fleet.tasks.create(command_task(fleet, "retries", **policy), fleet.device_ids)
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.PARTIAL_SUCCESS
+        assert (done.progress.success, done.progress.fail) == (3, 2)
+        rows = await subtasks_by_target(fleet, task)
+        for device_id in fleet.device_ids[:2]:
+            failed = rows[device_id]
+            assert (failed.status, failed.attempt, failed.failures) == (S.FAIL, attempts, attempts)
+            assert failed.error_code == ErrorCode.DEVICE_RESULT.value
+            assert failed.output is not None
+            assert '"result_code":7' in failed.output
+        assert {rows[d].attempt for d in fleet.device_ids[2:]} == {1}
+        await check_counters(fleet.runtime, done)
+
+
+async def test_a_scheduled_task_waits_for_its_time(settings: Settings) -> None:
+    async with running_fleet(engine_settings(settings), 4) as fleet:
+        at = fleet.runtime.clock.now_ms() + 1500
+        task = await fleet.tasks.create(
+            command_task(fleet, "scheduled", schedule_at_ms=at), fleet.device_ids
+        )
+        assert task.status is TaskStatus.WAITING
+        assert task.progress.waiting == 4
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.SUCCESS
+        assert done.started_at is not None
+        assert done.started_at >= at
+        await check_counters(fleet.runtime, done)
+
+
+async def test_stopping_a_running_task_stops_every_unfinished_subtask(settings: Settings) -> None:
+    async with running_fleet(engine_settings(settings), 8, behaviors=["silent=true"]) as fleet:
+        task = await fleet.tasks.create(
+            command_task(fleet, "stop-me", subtask_timeout_s=60), fleet.device_ids
+        )
+
+        async def all_processing() -> bool:
+            return (await fleet.tasks.get(task.task_id)).progress.processing == 8
+
+        await wait_until(all_processing, timeout_s=10)
+        await fleet.tasks.stop(task.task_id)
+        done = await fleet.tasks.get(task.task_id)
+        assert done.status is TaskStatus.STOPPED
+        assert done.progress.stopped == 8
+        await check_counters(fleet.runtime, done)
+        with pytest.raises(Conflict):
+            await fleet.tasks.stop(task.task_id)
+
+
+async def test_retrying_failed_subtasks_after_their_devices_connect_completes_the_task(
+    settings: Settings,
+) -> None:
+    async with running_fleet(engine_settings(settings), 6, simulated=3) as fleet:
+        task = await fleet.tasks.create(command_task(fleet, "retry-later"), fleet.device_ids)
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.PARTIAL_SUCCESS
+        assert (done.progress.success, done.progress.fail) == (3, 3)
+        rows = await subtasks_by_target(fleet, task)
+        assert {rows[d].error_code for d in fleet.device_ids[3:]} == {
+            ErrorCode.DEVICE_OFFLINE.value
+        }
+        late = [FleetDevice(d.device_id, d.secret) for d in fleet.devices[3:]]
+        url = f"mqtt://127.0.0.1:{fleet.server.mqtt_port}"
+        async with Simulator(late, url) as sim:
+            await sim.wait_connected(timeout_s=10)
+            results = await fleet.tasks.retry(task.task_id, targets=[fleet.device_ids[3], "nope"])
+            assert [(r.target, r.ok) for r in results] == [
+                (fleet.device_ids[3], True),
+                ("nope", False),
+            ]
+            await fleet.tasks.retry(task.task_id)
+            again = await fleet.finished(task)
+        assert again.status is TaskStatus.SUCCESS
+        assert again.progress.success == 6
+        await check_counters(fleet.runtime, again)
+
+
+async def test_only_a_finished_task_can_be_deleted(settings: Settings) -> None:
+    async with running_fleet(engine_settings(settings), 3, behaviors=["silent=true"]) as fleet:
+        task = await fleet.tasks.create(
+            command_task(fleet, "delete-me", subtask_timeout_s=60), fleet.device_ids
+        )
+        with pytest.raises(Conflict):
+            await fleet.tasks.delete(task.task_id)
+        await fleet.tasks.stop(task.task_id)
+        await fleet.tasks.delete(task.task_id)
+        with pytest.raises(NotFound):
+            await fleet.tasks.get(task.task_id)
+
+
+async def test_the_abort_rule_stops_a_task_whose_failures_pass_the_ratio(
+    settings: Settings,
+) -> None:
+    behaviors = ["50%:fail_rate=1"]
+    async with running_fleet(engine_settings(settings), 40, behaviors=behaviors) as fleet:
+        task = await fleet.tasks.create(
+            command_task(
+                fleet,
+                "abort",
+                max_concurrency=2,
+                abort_min_finished=6,
+                abort_fail_ratio=0.2,
+            ),
+            fleet.device_ids,
+        )
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.STOPPED
+        assert done.status_desc is not None
+        assert done.status_desc.startswith("aborted")
+        assert done.progress.finished >= 6
+        assert done.progress.stopped > 0
+        assert done.progress.failed / done.progress.finished > 0.2
+        await check_counters(fleet.runtime, done)
+
+
+async def test_a_whole_task_timeout_times_out_what_is_unfinished(settings: Settings) -> None:
+    async with running_fleet(engine_settings(settings), 4, behaviors=["silent=true"]) as fleet:
+        task = await fleet.tasks.create(
+            command_task(fleet, "task-timeout", timeout_s=1, subtask_timeout_s=60),
+            fleet.device_ids,
+        )
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.TIMEOUT
+        assert done.progress.timeout == 4
+        rows = await subtasks_by_target(fleet, task)
+        assert {r.error_code for r in rows.values()} == {ErrorCode.TASK_TIMEOUT.value}
+        await check_counters(fleet.runtime, done)
+
+
+async def test_a_new_task_wakes_the_idle_engine_instead_of_waiting_for_a_poll(
+    settings: Settings,
+) -> None:
+    # sweeps (the only periodic look for work) far apart: only a wake-up can start the task
+    quiet = engine_settings(settings, engine_sweep_s=60)
+    async with running_fleet(quiet, 5) as fleet:
+        await wait_until(lambda: fleet.engine.stats.claims == 0, timeout_s=1)
+        task = await fleet.tasks.create(command_task(fleet, "wake"), fleet.device_ids)
+        done = await fleet.finished(task, timeout_s=10)
+        assert done.status is TaskStatus.SUCCESS
+
+
+async def test_commands_reach_devices_through_an_external_broker(
+    settings: Settings, mosquitto_broker: MosquittoBroker
+) -> None:
+    external = engine_settings(settings, broker=mosquitto_broker.url)
+    async with running_fleet(external, 10, device_url=mosquitto_broker.url) as fleet:
+        task = await fleet.tasks.create(command_task(fleet, "via-broker"), fleet.device_ids)
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.SUCCESS
+        assert done.progress.success == 10
+        await check_counters(fleet.runtime, done)
