@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, select, update
@@ -42,7 +43,7 @@ from fleetbatch.domain.tasks import Progress, Task, TaskType, parse_request_id, 
 from fleetbatch.engine import steps
 from fleetbatch.engine.executors.base import DeviceExecutor, Executor, StoreExecutor, TaskRun
 from fleetbatch.engine.expander import expand_step
-from fleetbatch.engine.service import TaskService
+from fleetbatch.engine.service import WAKE_CHANNEL, TaskService
 from fleetbatch.settings import Settings
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
@@ -154,6 +155,7 @@ class Engine:
             ("ingest", self._ingest_loop),
             ("sweep", self._sweep_loop),
             ("expand", self._expand_loop),
+            *((("listen", self._listen_loop),) if self.store.dialect == "postgresql" else ()),
         ):
             self._tasks.append(asyncio.create_task(loop(), name=f"fleetbatch-engine-{name}"))
 
@@ -227,12 +229,21 @@ class Engine:
         self._round += 1
         start = self._round % len(runs)
         progressed = False
+        batch = self.config.batch_size
         for run in runs[start:] + runs[:start]:
             window = self.config.max_in_flight - self._in_flight
-            if window <= 0:
+            # claim in batches: with work in flight, wait until a quarter of the window is
+            # free instead of claiming one subtask per answer that frees one slot
+            if window <= 0 or (
+                self._in_flight and window < _low_mark(self.config.max_in_flight, batch)
+            ):
                 break
+            room = run.room()
+            limit = run.task.policy.max_concurrency
+            if run.in_flight and limit is not None and room < _low_mark(limit, batch):
+                continue
             now = time.monotonic()
-            wanted = min(self.config.batch_size, window, run.room(), run.allowance(now))
+            wanted = min(batch, window, room, run.allowance(now))
             if wanted <= 0:
                 continue
             executor = self.executors[run.task.task_type]
@@ -517,6 +528,27 @@ class Engine:
             fresh[task.pk] = run
         self.runs = fresh
 
+    async def _listen_loop(self) -> None:
+        """PostgreSQL: wake on the notification other processes send with each new task."""
+        while True:
+            try:
+                async with self.store.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    await driver.add_listener(WAKE_CHANNEL, self._on_notify)
+                    try:
+                        await asyncio.Event().wait()  # until cancelled
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await driver.remove_listener(WAKE_CHANNEL, self._on_notify)
+            except (DBAPIError, OSError) as exc:
+                log.warning("engine.listen_failed error=%s", exc)
+                await asyncio.sleep(RETRY_DB_S)
+                self.wake()  # whatever was notified meanwhile
+
+    def _on_notify(self, *_args: object) -> None:
+        self.wake()
+
     # --- expander -------------------------------------------------------------------------
 
     async def _expand_loop(self) -> None:
@@ -538,6 +570,11 @@ class Engine:
                     await asyncio.sleep(RETRY_DB_S)
                     self._expand_wanted.set()
             self.wake()
+
+
+def _low_mark(limit: int, batch: int) -> int:
+    """The free slots worth a claim while work is in flight: a quarter of the limit."""
+    return max(1, min(batch, limit // 4))
 
 
 def runs_snapshot(engine: Engine) -> Sequence[TaskRun]:

@@ -46,6 +46,8 @@ LIST_CHUNK = 5000
 MAX_PAGE_SIZE = 250
 # the async-command phase a subtask holds until it is sent
 ASYNC_PENDING = "PENDING"
+# the PostgreSQL notification channel engine workers listen on
+WAKE_CHANNEL = "fleetbatch_tasks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ class TaskService:
             row = await task_rows.get_task_row(conn, pk=task_pk)
             assert row is not None
             task = task_rows.task_from_row(row, new.tags)
+            await notify_engines(conn)
         self._changed()
         return task
 
@@ -305,6 +308,7 @@ class TaskService:
                 results = [_target_result(t, before.get(t), stopping=True) for t in targets]
                 if current.status is T.PROCESSING:
                     await steps.finish(conn, current, progress, now)
+            await notify_engines(conn)
         self._changed()
         return results
 
@@ -356,6 +360,7 @@ class TaskService:
                     deadline_at=deadline,
                 )
             await steps.add_deltas(conn, {task.pk: deltas})
+            await notify_engines(conn)
         self._changed()
         if targets is None:
             return []
@@ -372,6 +377,13 @@ class TaskService:
                 raise Conflict(f"task {task_id} has not finished; stop it first")
             await subtask_rows.delete_all(conn, task.pk)
             await task_rows.delete_task(conn, task.pk)
+
+
+async def notify_engines(conn: Any) -> None:
+    """Wake the engine workers of other processes (PostgreSQL; SQLite ones poll each sweep)."""
+    if conn.dialect.name == "postgresql":
+        # delivered at commit, to every listening worker (Engine._listen_loop)
+        await conn.exec_driver_sql(f"NOTIFY {WAKE_CHANNEL}")
 
 
 def _known_count(task: Task, status: SubtaskStatus | None, target: str | None) -> int | None:
