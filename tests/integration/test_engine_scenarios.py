@@ -159,7 +159,7 @@ async def test_only_a_finished_task_can_be_deleted(settings: Settings) -> None:
 async def test_the_abort_rule_stops_a_task_whose_failures_pass_the_ratio(
     settings: Settings,
 ) -> None:
-    behaviors = ["50%:fail_rate=1"]
+    behaviors = ["latency=constant:10", "50%:fail_rate=1"]
     async with running_fleet(engine_settings(settings), 40, behaviors=behaviors) as fleet:
         task = await fleet.tasks.create(
             command_task(

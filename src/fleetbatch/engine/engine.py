@@ -59,6 +59,8 @@ LEASE_GRACE_S = 5.0
 # at most this many outcomes per write transaction
 MAX_APPLY = 5000
 RETRY_DB_S = 0.5
+# on close, how long answers already in flight are awaited
+CLOSE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class Engine:
         self.runs: dict[int, TaskRun] = {}
         self._in_flight = 0
         self._outcomes: list[tuple[TaskRun | None, Outcome]] = []
+        self._phases: list[tuple[int, int, str]] = []
+        self._late: list[tuple[str, Outcome]] = []
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
         self._sweep_now = asyncio.Event()
@@ -140,6 +144,11 @@ class Engine:
         self._round = 0
         self._listeners: list[Callable[[Task, TaskStatus], None]] = []
         service.add_listener(self.wake)
+        for executor in executors.values():
+            bind = getattr(executor, "bind_phase_report", None)
+            if bind is not None:
+                # an executor that records finer steps of an attempt (async commands' DELIVERED)
+                bind(self.phase_report)
         if channel is not None:
             channel.add_uplink_handler(self._on_uplink)
             channel.add_presence_handler(self._on_presence)
@@ -160,14 +169,27 @@ class Engine:
             self._tasks.append(asyncio.create_task(loop(), name=f"fleetbatch-engine-{name}"))
 
     async def close(self) -> None:
-        """Stop the loops, apply the outcomes already gathered, and retire this worker."""
-        for task in self._tasks:
+        """Stop dispatching, give answers in flight a moment, apply them, retire this worker."""
+        loops = {t.get_name(): t for t in self._tasks}
+        ingest = loops.pop("fleetbatch-engine-ingest", None)
+        for task in loops.values():
             task.cancel()
-        for task in self._tasks:
+        for task in loops.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # answers already on their way count now instead of being sent again by the next
+        # worker; the wait is short, for a restart must not hang on silent devices
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                while self._in_flight > 0:
+                    self._wake.clear()
+                    await self._wake.wait()
+        if ingest is not None:
+            ingest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingest
         self._tasks.clear()
-        with contextlib.suppress(FleetbatchError, DBAPIError, OSError):
+        with contextlib.suppress(FleetbatchError, DBAPIError, OSError, TimeoutError):
             async with asyncio.timeout(5):
                 await self._flush()
                 # what is still in flight is handed out again at once by the next worker
@@ -306,6 +328,7 @@ class Engine:
         self.stats.applied += len(outcomes)
         await executor.after_commit(run, claimed, outcomes)
         self._after_progress(progress)
+        await self._settle()
         return len(claimed)
 
     # --- ingestor -------------------------------------------------------------------------
@@ -319,6 +342,15 @@ class Engine:
         self._flush_wanted.set()
         self._wake.set()
 
+    def phase_report(self, claimed: Claimed, phase: str) -> None:
+        """A finer step of an attempt still in flight (from callbacks; never blocks).
+
+        Written in batches by the ingestor, guarded on the attempt and on processing, so a
+        step that arrives after its attempt's outcome changes nothing.
+        """
+        self._phases.append((claimed.id, claimed.attempt, phase))
+        self._flush_wanted.set()
+
     async def _ingest_loop(self) -> None:
         while True:
             await self._flush_wanted.wait()
@@ -328,6 +360,7 @@ class Engine:
                 await asyncio.sleep(self.config.flush_ms / 1000)
             try:
                 await self._flush()
+                await self._settle()
             except (DBAPIError, OSError, FleetbatchError) as exc:
                 self.stats.db_errors += 1
                 log.warning("engine.apply_failed error=%s", exc)
@@ -335,6 +368,15 @@ class Engine:
                 self._flush_wanted.set()
 
     async def _flush(self) -> None:
+        if self._phases:
+            await self._flush_phases()
+        if self._late:
+            late, self._late = self._late, []
+            async with self.store.read() as conn:
+                targets = await subtask_rows.targets_of(conn, [o.id for _, o in late])
+            for device_id, outcome in late:
+                if targets.get(outcome.id) == device_id:
+                    self._outcomes.append((None, outcome))
         while self._outcomes:
             batch = self._outcomes[:MAX_APPLY]
             progress = await steps.apply_outcomes(
@@ -346,6 +388,20 @@ class Engine:
             self.stats.applied += len(batch)
             self._after_progress(progress)
 
+    async def _flush_phases(self) -> None:
+        phases, self._phases = self._phases, []
+        # an attempt whose outcome is gathered already skips the step: the outcome sets its phase
+        finished = {(o.id, o.attempt) for _, o in self._outcomes}
+        changes = [p for p in phases if (p[0], p[1]) not in finished]
+        if not changes:
+            return
+        try:
+            async with self.store.write() as conn:
+                await subtask_rows.set_phase(conn, changes, self.clock.now_ms())
+        except BaseException:
+            self._phases = phases + self._phases  # tried again with the next flush
+            raise
+
     def _after_progress(self, progress: dict[int, Progress]) -> None:
         for task_pk, now_progress in progress.items():
             run = self.runs.get(task_pk)
@@ -353,10 +409,25 @@ class Engine:
                 run is not None and should_abort(now_progress, run.task.policy)
             ):
                 self._finish_check.add(task_pk)
-                self._sweep_now.set()
             elif now_progress.fail_wait_retry and run is not None:
                 # a retry may be due at once (maxRetransmit has no interval)
                 run.idle = False
+
+    async def _settle(self) -> None:
+        """Finalise, or abort, the tasks the last applied outcomes may have decided."""
+        pending, self._finish_check = self._finish_check, set()
+        now = self.clock.now_ms()
+        for task_pk in sorted(pending):
+            run = self.runs.get(task_pk)
+            if run is None:
+                continue
+            if await steps.abort_if_failing(self.store, task_pk, now_ms=now):
+                log.info("task.aborted task_id=%s", run.task.task_id)
+                self._finished(run.task, T.STOPPED)
+                continue
+            status = await steps.finish_if_done(self.store, task_pk, now_ms=now)
+            if status is not None:
+                self._finished(run.task, status)
 
     def _on_uplink(self, uplink: Uplink) -> None:
         # an answer nobody waits for: a late one, or one for another worker's attempt
@@ -371,7 +442,12 @@ class Engine:
         subtask_id, attempt = parsed
         body = uplink.body if isinstance(uplink.body, dict) else None
         output = orjson.dumps(body).decode() if body is not None else None
-        self.report(None, Outcome(subtask_id, attempt, steps.S.SUCCESS, output=output))
+        # applied only after the subtask is checked to be this device's (see _flush): a
+        # device must not finish another device's subtask by naming its request id
+        self._late.append(
+            (uplink.device_id, Outcome(subtask_id, attempt, steps.S.SUCCESS, output=output))
+        )
+        self._flush_wanted.set()
 
     def _on_presence(self, device_id: str, online: bool, at_ms: int) -> None:
         if online and any(
@@ -429,14 +505,12 @@ class Engine:
                     log.info("task.aborted task_id=%s", task.task_id)
                     self._finished(task, T.STOPPED)
                     continue
-            if task.status in (T.PROCESSING, T.STOPPING) and (
-                not task.progress.unfinished or task.pk in self._finish_check
-            ):
+            if task.status in (T.PROCESSING, T.STOPPING) and not task.progress.unfinished:
                 status = await steps.finish_if_done(self.store, task.pk, now_ms=now)
                 if status is not None:
                     self._finished(task, status)
             run.idle = False
-        self._finish_check.clear()
+        await self._settle()
         await self._refresh()
         self._wake.set()
         if any(r.task.status is T.INITIALIZING for r in self.runs.values()):

@@ -567,6 +567,12 @@ async def targets_in(
     return {target: S(status) for target, status in rows.all()}
 
 
+async def targets_of(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, str]:
+    """The target device id of each existing subtask among `ids`."""
+    rows = await conn.execute(select(s.id, s.target).where(s.id.in_(ids)))
+    return {i: target for i, target in rows.all()}
+
+
 async def rows_by_id(conn: AsyncConnection, ids: Sequence[int]) -> list[Subtask]:
     """Subtasks by id."""
     rows = await conn.execute(select(subtasks).where(s.id.in_(ids)).order_by(s.id))
