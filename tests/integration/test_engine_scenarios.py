@@ -16,6 +16,7 @@ from fleetbatch.domain.tasks import ErrorCode, NewTask, Task, TaskPolicy, TaskTy
 from fleetbatch.settings import Settings
 from fleetbatch.sim.fleet import FleetDevice
 from fleetbatch.sim.runner import Simulator
+from fleetbatch.store.paging import PageRequest
 from support.engine import Fleet, check_counters, engine_settings, running_fleet
 from support.mosquitto import MosquittoBroker
 from support.waiting import wait_until
@@ -35,7 +36,7 @@ def command_task(fleet: Fleet, name: str, **policy: Any) -> NewTask:
 
 
 async def subtasks_by_target(fleet: Fleet, task: Task) -> dict[str, Any]:
-    _, page = await fleet.tasks.subtasks(task.task_id)
+    _, page = await fleet.tasks.subtasks(task.task_id, page=PageRequest(limit=50))
     assert page.count <= 50
     return {s.target: s for s in page.items}
 
@@ -216,4 +217,37 @@ async def test_commands_reach_devices_through_an_external_broker(
         done = await fleet.finished(task)
         assert done.status is TaskStatus.SUCCESS
         assert done.progress.success == 10
+        await check_counters(fleet.runtime, done)
+
+
+async def test_a_small_task_is_not_starved_by_a_big_one_started_before_it(
+    settings: Settings,
+) -> None:
+    # a window of 10 in flight, answers after 20 ms: the big task alone takes about a second
+    narrow = engine_settings(settings, engine_max_in_flight=10, engine_batch_size=10)
+    async with running_fleet(narrow, 300, behaviors=["latency=constant:20"]) as fleet:
+        big = await fleet.tasks.create(command_task(fleet, "big"), fleet.device_ids[:295])
+        small = await fleet.tasks.create(command_task(fleet, "small"), fleet.device_ids[295:])
+        small_done = await fleet.finished(small)
+        assert small_done.status is TaskStatus.SUCCESS
+        big_then = await fleet.tasks.get(big.task_id)
+        assert not big_then.finished
+        assert big_then.progress.success < 295
+        big_done = await fleet.finished(big)
+        assert big_done.status is TaskStatus.SUCCESS
+        await check_counters(fleet.runtime, big_done)
+
+
+async def test_a_rate_limit_spreads_the_claims_over_time(settings: Settings) -> None:
+    async with running_fleet(engine_settings(settings), 12) as fleet:
+        task = await fleet.tasks.create(
+            command_task(fleet, "rate", rate_per_min=600), fleet.device_ids
+        )
+        done = await fleet.finished(task)
+        assert done.status is TaskStatus.SUCCESS
+        _, page = await fleet.tasks.subtasks(task.task_id, page=PageRequest(limit=50))
+        starts = sorted(s.started_at for s in page.items if s.started_at is not None)
+        # 600 per minute is 10 per second, one at a time: 12 starts span over a second
+        assert len(starts) == 12
+        assert starts[-1] - starts[0] >= 1000
         await check_counters(fleet.runtime, done)
