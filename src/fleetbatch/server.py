@@ -40,6 +40,7 @@ from fleetbatch.devices.transport import BuiltinTransport
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.engine.engine import Engine, EngineConfig
 from fleetbatch.engine.executors import build_executors
+from fleetbatch.engine.shadow_reports import ShadowRecorder
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.tls import TlsFiles, device_ssl_context, ensure_tls_files
@@ -90,6 +91,7 @@ class Server:
         self.presence: PresenceRecorder | None = None
         self.authenticator: DeviceAuthenticator | None = None
         self.engine: Engine | None = None
+        self.shadows: ShadowRecorder | None = None
         self._began = False
         self._stopped = False
 
@@ -268,10 +270,27 @@ class Server:
             raise
 
     async def _start_engine(self, runtime: Runtime) -> None:
-        """The batch engine over the device channel; stopped before the channel closes."""
+        """The batch engine over the device channel; stopped before the channel closes.
+
+        The shadow recorder runs whether or not this node runs the engine: the reports of
+        the devices it serves reach only this node.
+        """
+        assert self.channel is not None
+        self.shadows = shadows = ShadowRecorder(
+            runtime.store, flush_s=self.settings.presence_flush_s
+        )
+        self.channel.add_uplink_handler(shadows.on_uplink)
+        shadows_task = asyncio.create_task(shadows.run(), name="fleetbatch-shadow-reports")
+
+        async def stop_shadows() -> None:
+            shadows_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shadows_task
+            await shadows.flush()
+
+        self._cleanup.push_async_callback(stop_shadows)
         if not self.settings.engine_enabled:
             return
-        assert self.channel is not None
         executors = build_executors(
             self.channel, runtime.clock, command_timeout_s=self.settings.command_timeout_s
         )

@@ -527,20 +527,61 @@ class BrokerChannel:
             self._pending.forget(downlink.response_topic, reply)
             raise
 
-    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
-        """Publish now; the future resolves to the device's answer (see `request`)."""
+    def submit(
+        self,
+        downlink: Downlink,
+        *,
+        timeout_s: float,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> asyncio.Future[Uplink]:
+        """Publish now; the future resolves to the device's answer (see `request`).
+
+        `on_delivered` is called on the broker's PUBACK (see `send`), if one comes.
+        """
         topic = downlink.response_topic
         if topic is None:
             raise ValueError("submit() needs a downlink with a response_topic")
         # expect before publishing: the answer may arrive before publish() returns to us
         reply = self._pending.expect(topic, downlink.device_id, timeout_s)
+        ack: asyncio.Future[Delivery] | None = None
+        if on_delivered is not None and downlink.qos:
+            ack = asyncio.get_running_loop().create_future()
         try:
-            self._publish(downlink, None, reply)
+            self._publish(downlink, ack, reply)
         except BaseException:
             self._pending.forget(topic, reply)
             reply.cancel()
+            if ack is not None:
+                ack.cancel()
             raise
+        if ack is not None and on_delivered is not None:
+            notify = on_delivered
+            self._ack_deadlines.add(ack, timeout_s, _Unacknowledged)
+            _when_settled(
+                ack, lambda delivery: notify() if delivery is Delivery.DELIVERED else None
+            )
+        elif on_delivered is not None:
+            on_delivered()  # QoS 0: written to the broker is all there is
         return reply
+
+    def post(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Delivery]:
+        """Publish now; the future tells DELIVERED on the broker's PUBACK (see `send`)."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Delivery] = loop.create_future()
+        if downlink.qos == 0:
+            self._publish(downlink, None, None)
+            result.set_result(Delivery.DELIVERED)
+            return result
+        ack: asyncio.Future[Delivery] = loop.create_future()
+        self._publish(downlink, ack, None)
+        self._ack_deadlines.add(ack, timeout_s, _Unacknowledged)
+
+        def settle(delivery: Delivery) -> None:
+            if not result.done():
+                result.set_result(delivery)
+
+        _when_settled(ack, settle)
+        return result
 
     async def disconnect(self, device_id: str) -> None:
         """Cannot be done through MQTT on a generic broker: logged only.
@@ -549,6 +590,18 @@ class BrokerChannel:
         refuses its next CONNECT. (EMQX's REST API could kick it; see docs/emqx.md.)
         """
         log.info("broker.disconnect_unsupported device_id=%s", device_id)
+
+
+def _when_settled(ack: asyncio.Future[Delivery], then: Callable[[Delivery], object]) -> None:
+    """Call `then` with the delivery once `ack` settles; an expired wait is UNACKNOWLEDGED."""
+
+    def settled(future: asyncio.Future[Delivery]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            then(Delivery.UNACKNOWLEDGED)
+        else:
+            then(future.result())
+
+    ack.add_done_callback(settled)
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:

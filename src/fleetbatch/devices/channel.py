@@ -84,12 +84,28 @@ class DeviceChannel(Protocol):
         A late answer, after the timeout, reaches the uplink handlers instead.
         """
 
-    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
+    def submit(
+        self,
+        downlink: Downlink,
+        *,
+        timeout_s: float,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> asyncio.Future[Uplink]:
         """`request` without a coroutine: send now, return the future of the answer.
 
         For callers that keep many requests in flight (the engine's dispatcher): a done
         callback costs less than a task resuming. DeviceOffline (or Unavailable) is raised
-        at once; the future fails with NoResponse after `timeout_s`.
+        at once; the future fails with NoResponse after `timeout_s`. `on_delivered` is
+        called once the downlink is acknowledged (as `send` tells DELIVERED), if it is.
+        """
+
+    def post(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Delivery]:
+        """`send` without a coroutine: write now, return the future of what became of it.
+
+        For callers with many downlinks in flight and no answer to wait for (the engine's
+        messages): the future always gets a `Delivery`, never an exception, within
+        `timeout_s` (or when the channel closes). Unavailable is raised at once when this
+        mode cannot send at all (not connected to the broker).
         """
 
     async def disconnect(self, device_id: str) -> None:

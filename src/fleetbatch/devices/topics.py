@@ -126,6 +126,11 @@ def raw_message(device_id: str, payload: bytes) -> Downlink:
     return Downlink(device_id, f"{device_prefix(device_id)}sys/messages/down", payload)
 
 
+def user_topic(device_id: str, suffix: str) -> str:
+    """A custom topic (T15): `$oc/devices/{device_id}/user/{suffix}`."""
+    return f"{device_prefix(device_id)}user/{suffix}"
+
+
 def events(
     device_id: str, services: list[dict[str, Any]], *, object_device_id: str | None = None
 ) -> Downlink:

@@ -27,6 +27,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -271,8 +272,17 @@ class BuiltinTransport:
             self.pending.forget(downlink.response_topic, future)
             raise
 
-    def submit(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Uplink]:
-        """Write the downlink now; the future resolves to the device's answer."""
+    def submit(
+        self,
+        downlink: Downlink,
+        *,
+        timeout_s: float,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> asyncio.Future[Uplink]:
+        """Write the downlink now; the future resolves to the device's answer.
+
+        `on_delivered` is called on the device's PUBACK (QoS 0: once written).
+        """
         topic = downlink.response_topic
         if topic is None:
             raise ValueError("submit() needs a downlink with a response_topic")
@@ -281,11 +291,72 @@ class BuiltinTransport:
             raise DeviceOffline(downlink.device_id)
         # wait before writing: the answer can come back before the write returns
         future = self.pending.expect(topic, downlink.device_id, timeout_s)
-        if not connection.publish(downlink.topic, downlink.payload, downlink.qos):
+        if on_delivered is None or downlink.qos == 0:
+            # the plain path: no PUBACK is tracked (a command's answer says enough)
+            written = connection.publish(downlink.topic, downlink.payload, downlink.qos)
+            if written and on_delivered is not None:
+                on_delivered()
+        else:
+            notify = on_delivered
+            written = self._publish_tracked(
+                connection, downlink, timeout_s, lambda acked: notify() if acked else None
+            )
+        if not written:
             self.pending.forget(topic, future)
             future.cancel()
             raise DeviceOffline(downlink.device_id)
         return future
+
+    def post(self, downlink: Downlink, *, timeout_s: float) -> asyncio.Future[Delivery]:
+        """Write the downlink now; the future tells what became of it (see `send`)."""
+        loop = self.loop or asyncio.get_running_loop()
+        result: asyncio.Future[Delivery] = loop.create_future()
+        connection = self.sessions.get(downlink.device_id)
+        if connection is None:
+            result.set_result(Delivery.OFFLINE)
+        elif not connection.accepts(downlink.topic):
+            result.set_result(Delivery.UNACKNOWLEDGED)
+        elif downlink.qos == 0:
+            written = connection.publish(downlink.topic, downlink.payload, 0)
+            result.set_result(Delivery.DELIVERED if written else Delivery.OFFLINE)
+        else:
+
+            def settle(acked: bool) -> None:
+                if not result.done():
+                    result.set_result(Delivery.DELIVERED if acked else Delivery.UNACKNOWLEDGED)
+
+            if not self._publish_tracked(connection, downlink, timeout_s, settle):
+                result.set_result(Delivery.OFFLINE)
+        return result
+
+    def _publish_tracked(
+        self,
+        connection: MqttConnection,
+        downlink: Downlink,
+        timeout_s: float,
+        then: Callable[[bool], object],
+    ) -> bool:
+        """Publish at QoS 1 and call `then(acked)` once, without a task; False if not written.
+
+        `then(False)` comes when no PUBACK arrives within `timeout_s` (the wheel expires
+        the wait and frees its packet id) or the connection ends first.
+        """
+        acked = connection.publish_tracked(downlink.topic, downlink.payload)
+        if acked is None:
+            return False
+        self._acks.add(acked, timeout_s, _Unacknowledged)
+
+        def settled(future: asyncio.Future[bool]) -> None:
+            if future.cancelled():
+                then(False)
+            elif future.exception() is not None:
+                connection.forget_ack(future)
+                then(False)
+            else:
+                then(future.result())
+
+        acked.add_done_callback(settled)
+        return True
 
     async def disconnect(self, device_id: str) -> None:
         """Close the device's connection, if it has one."""

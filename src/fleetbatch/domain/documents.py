@@ -6,6 +6,8 @@ command (serviceId, method, paras) is mapped to the `createCommands` document by
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,8 +133,13 @@ def _message(document: Mapping[str, Any]) -> dict[str, Any]:
     payload_format = document.get("payload_format", "standard")
     if payload_format not in PAYLOAD_FORMATS:
         raise InvalidInput("document.payload_format", "must be standard or raw")
-    if encoding == "base64" and not isinstance(message, str):
-        raise InvalidInput("document.message", "a base64 message is a string")
+    if encoding == "base64":
+        if not isinstance(message, str):
+            raise InvalidInput("document.message", "a base64 message is a string")
+        try:
+            base64.b64decode(message, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("document.message", "is not valid base64") from None
     result["encoding"] = encoding
     result["payload_format"] = payload_format
     if document.get("properties") is not None:

@@ -41,6 +41,7 @@ from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.domain.states import TaskStatus
 from fleetbatch.domain.tasks import Progress, Task, TaskType, parse_request_id, should_abort
 from fleetbatch.engine import steps
+from fleetbatch.engine.executors.async_commands import is_delayed
 from fleetbatch.engine.executors.base import DeviceExecutor, Executor, StoreExecutor, TaskRun
 from fleetbatch.engine.expander import expand_step
 from fleetbatch.engine.service import WAKE_CHANNEL, TaskService
@@ -519,10 +520,7 @@ class Engine:
     async def _expire_held(self, task: Task, now: int) -> None:
         """Async commands still held when their expire_time passes are expired."""
         expire_s = int(task.document.get("expire_time", 0))
-        if (
-            task.document.get("send_strategy") != "delay"
-            or (task.created_at + expire_s * 1000) > now
-        ):
+        if not is_delayed(task) or (task.created_at + expire_s * 1000) > now:
             return
         async with self.store.write() as conn:
             deltas = await subtask_rows.transition(

@@ -16,7 +16,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
-from fleetbatch.domain.tasks import ErrorCode, Progress, Task, final_status, should_abort
+from fleetbatch.domain.tasks import (
+    ErrorCode,
+    Progress,
+    Task,
+    TaskType,
+    final_status,
+    should_abort,
+)
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
 from fleetbatch.store.database import Store
@@ -112,6 +119,8 @@ async def time_out_overdue(
                 status=S.TIMEOUT,
                 error_code=ErrorCode.NO_RESPONSE.value,
                 error_msg="no answer from the device in time",
+                # the async-command life records it (other types keep no phase)
+                phase="TIMEOUT" if task.task_type is TaskType.CREATE_ASYNC_COMMANDS else None,
                 retry_budget=policy.retry_budget,
                 retry_at=now_ms + policy.retry_interval_s * 1000,
             )

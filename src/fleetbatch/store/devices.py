@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.registry import Device, DeviceStatus, Page
 from fleetbatch.store.paging import PageRequest, fetch_page
-from fleetbatch.store.schema import devices, group_members
+from fleetbatch.store.schema import device_shadows, devices, group_members
 
 # The column order of the tuples `insert_devices` takes.
 INSERT_COLUMNS = (
@@ -189,9 +189,72 @@ async def delete_device(conn: AsyncConnection, device_pk: int) -> None:
     await conn.execute(devices.delete().where(devices.c.pk == device_pk))
 
 
+# --- bulk lifecycle (the registry task types: one statement per batch, not per device) ---
+
+
+async def devices_by_pk(conn: AsyncConnection, pks: Sequence[int]) -> dict[int, Device]:
+    """Those of the devices `pks` that exist, by pk."""
+    if not pks:
+        return {}
+    rows = await conn.execute(select(*DEVICE_COLUMNS).where(devices.c.pk.in_(list(pks))))
+    return {row.pk: device_from_row(row) for row in rows.all()}
+
+
+async def child_device_ids(
+    conn: AsyncConnection, gateway_ids: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(gateway id, device id) of every device whose gateway is one of `gateway_ids`."""
+    if not gateway_ids:
+        return []
+    rows = await conn.execute(
+        select(devices.c.gateway_id, devices.c.device_id).where(
+            devices.c.gateway_id.in_(list(gateway_ids))
+        )
+    )
+    return [(gateway_id, device_id) for gateway_id, device_id in rows.all()]
+
+
+async def freeze_devices(conn: AsyncConnection, pks: Sequence[int], now_ms: int) -> int:
+    """Freeze the devices `pks` (a frozen one stays as it is); returns how many changed."""
+    if not pks:
+        return 0
+    result = await conn.execute(
+        devices.update()
+        .where(devices.c.pk.in_(list(pks)), devices.c.status != DeviceStatus.FROZEN.value)
+        .values(status=DeviceStatus.FROZEN.value, status_changed_at=now_ms)
+    )
+    return max(result.rowcount, 0)
+
+
+async def unfreeze_devices(conn: AsyncConnection, pks: Sequence[int], now_ms: int) -> int:
+    """Frozen ones of `pks` become OFFLINE, or INACTIVE if never connected; returns how many."""
+    if not pks:
+        return 0
+    status = case(
+        (devices.c.active_at.is_(None), DeviceStatus.INACTIVE.value),
+        else_=DeviceStatus.OFFLINE.value,
+    )
+    result = await conn.execute(
+        devices.update()
+        .where(devices.c.pk.in_(list(pks)), devices.c.status == DeviceStatus.FROZEN.value)
+        .values(status=status, status_changed_at=now_ms)
+    )
+    return max(result.rowcount, 0)
+
+
+async def delete_devices(conn: AsyncConnection, pks: Sequence[int]) -> None:
+    """Remove devices with their group memberships and shadows (`delete_device` in bulk)."""
+    if not pks:
+        return
+    wanted = list(pks)
+    await conn.execute(group_members.delete().where(group_members.c.device_pk.in_(wanted)))
+    await conn.execute(device_shadows.delete().where(device_shadows.c.device_pk.in_(wanted)))
+    await conn.execute(devices.delete().where(devices.c.pk.in_(wanted)))
+
+
 # A frozen device keeps its status through connects and disconnects; any other becomes
 # ONLINE when it connects. (A literal, not IN: executemany cannot expand lists.)
-_NOT_FROZEN = devices.c.status != literal(DeviceStatus.FROZEN.value)
+_IS_FROZEN = devices.c.status == literal(DeviceStatus.FROZEN.value)
 # A change older than the one recorded (a late webhook, a slow flush) does not undo it.
 _NOT_OLDER = or_(
     devices.c.status_changed_at.is_(None), devices.c.status_changed_at <= bindparam("b_at")
@@ -223,9 +286,10 @@ async def record_presence(
     if changes:
         statement = (
             devices.update()
-            .where(d.device_id == bindparam("b_id"), _NOT_FROZEN, _NOT_OLDER)
+            .where(d.device_id == bindparam("b_id"), _NOT_OLDER)
             .values(
-                status=bindparam("b_status"),
+                # a frozen device stays frozen, but its connect times are still recorded
+                status=case((_IS_FROZEN, d.status), else_=bindparam("b_status")),
                 active_at=func.coalesce(d.active_at, bindparam("b_on")),
                 last_seen_at=bindparam("b_at"),
                 status_changed_at=bindparam("b_at"),

@@ -133,6 +133,8 @@ devices = Table(
     Index(None, "app_id", "pk"),
     Index(None, "product_id", "pk"),
     Index(None, "app_id", "location"),
+    # "has this device children?" before a delete, one device or a batch of them
+    Index(None, "gateway_id"),
 )
 
 device_groups = Table(

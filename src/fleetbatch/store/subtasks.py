@@ -336,6 +336,7 @@ UPDATE subtasks SET
     THEN v.retry_at ELSE NULL END,
   finished_at = CASE
     WHEN v.status IN ('fail', 'timeout') AND subtasks.failures < v.budget THEN NULL
+    WHEN v.status IN ('waiting', 'processing') THEN NULL
     ELSE :now END,
   output = v.output,
   error_code = v.error_code,
@@ -368,6 +369,7 @@ UPDATE subtasks SET
     THEN v.retry_at ELSE NULL END,
   finished_at = CASE
     WHEN v.status IN ('fail', 'timeout') AND subtasks.failures < v.budget THEN NULL
+    WHEN v.status IN ('waiting', 'processing') THEN NULL
     ELSE CAST(:now AS BIGINT) END,
   output = v.output,
   error_code = v.error_code,

@@ -17,8 +17,10 @@ from typing import Any, ClassVar, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetbatch.domain.registry import Device
 from fleetbatch.domain.states import SubtaskStatus
 from fleetbatch.domain.tasks import ErrorCode, Task
+from fleetbatch.store import devices as device_rows
 from fleetbatch.store.subtasks import Claimed, Outcome
 
 
@@ -86,6 +88,8 @@ class TaskRun:
 
 
 Report = Callable[[TaskRun, Outcome], None]
+# a finer step of an attempt still in flight: (the claimed subtask, its new phase)
+PhaseReport = Callable[[Claimed, str], None]
 Spawn = Callable[[Any], None]
 
 
@@ -123,3 +127,25 @@ class StoreExecutor(Protocol):
 
 
 Executor = DeviceExecutor | StoreExecutor
+
+
+# --- for store executors ----------------------------------------------------------------
+
+
+async def existing_targets(conn: AsyncConnection, claimed: Sequence[Claimed]) -> dict[int, Device]:
+    """The devices the claimed subtasks still name, by pk (a pk reused by another is gone)."""
+    pks = [item.device_pk for item in claimed if item.device_pk is not None]
+    found = await device_rows.devices_by_pk(conn, pks)
+    targets = {item.device_pk: item.target for item in claimed}
+    return {pk: device for pk, device in found.items() if targets.get(pk) == device.device_id}
+
+
+def not_found(run: TaskRun, item: Claimed, now_ms: int) -> Outcome:
+    """The outcome of a subtask whose device was deleted since the task began."""
+    return run.outcome(
+        item,
+        SubtaskStatus.FAIL,
+        now_ms,
+        error_code=ErrorCode.DEVICE_NOT_FOUND,
+        error_msg=f"device {item.target} does not exist",
+    )

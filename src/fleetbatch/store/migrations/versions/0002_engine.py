@@ -19,6 +19,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("subtask_timeout_s", sa.Float(), nullable=True))
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_devices_gateway_id"), ["gateway_id"], unique=False)
     with op.batch_alter_table("subtasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("failures", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("phase", sa.String(length=16), nullable=True))
@@ -55,6 +57,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_devices_gateway_id"))
     op.drop_table("engine_workers")
     op.drop_table("device_shadows")
     with op.batch_alter_table("subtasks", schema=None) as batch_op:
