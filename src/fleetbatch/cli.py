@@ -3,29 +3,39 @@ open the runtime, call one service, and print the result."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from fleetbatch.domain.errors import FleetbatchError
+from fleetbatch.cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    DatabaseOpt,
+    DataDirOpt,
+    JsonOpt,
+    build_settings,
+    err_console,
+    exit_code_for,
+    fail,
+    run_with_runtime,
+)
+from fleetbatch.cli_tasks import TaskProgressView, parse_task_type, task_app
+from fleetbatch.domain.errors import FleetbatchError, InvalidInput
 from fleetbatch.domain.registry import App, AppCredentials, Device, DeviceStatus, NewDevice
+from fleetbatch.domain.tasks import Task, TaskType
 from fleetbatch.domain.timefmt import to_iso_ms
 from fleetbatch.fleetfile import FleetFileWriter
 from fleetbatch.registry.devices import new_node_ids
 from fleetbatch.runtime import Runtime
-from fleetbatch.settings import Settings, load_settings
 from fleetbatch.store.paging import PageRequest
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="fleetbatch",
@@ -38,55 +48,7 @@ admin_app = typer.Typer(help="Administration: apps, credentials, devices.", no_a
 app.add_typer(admin_app, name="admin")
 devices_app = typer.Typer(help="Registered devices: status and last seen.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
-
-err_console = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where the embedded defaults write [default: ./fleetbatch-data]."
-    ),
-]
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database", help="Database URL (postgresql://...); default: SQLite in the data dir."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one error line and hand back the Exit to raise."""
-    err_console.print(
-        f"fleetbatch: {message}", style="red", markup=False, highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code)
-
-
-def build_settings(**flags: Any) -> Settings:
-    """Settings from the given flags, environment and defaults; bad values end the command."""
-    try:
-        return load_settings(**flags)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise fail(f"invalid settings: {problems}", 2) from None
-
-
-def run_with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
-    """Open the runtime, run `work`, close it; fleetbatch errors become one-line messages."""
-
-    async def _main() -> T:
-        async with await Runtime.open(settings) as runtime:
-            return await work(runtime)
-
-    try:
-        return asyncio.run(_main())
-    except FleetbatchError as exc:
-        raise fail(exc.message) from None
+app.add_typer(task_app, name="task")
 
 
 @app.command()
@@ -94,18 +56,22 @@ def serve(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+        str | None, typer.Option(help="Address to listen on \\[default: 127.0.0.1].")
     ] = None,
-    http_port: Annotated[int | None, typer.Option(help="Plain HTTP port [default: 8080].")] = None,
-    https_port: Annotated[int | None, typer.Option(help="HTTPS port [default: 8743].")] = None,
-    mqtt_port: Annotated[int | None, typer.Option(help="Device MQTT port [default: 1883].")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Plain HTTP port \\[default: 8080].")
+    ] = None,
+    https_port: Annotated[int | None, typer.Option(help="HTTPS port \\[default: 8743].")] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="Device MQTT port \\[default: 1883].")
+    ] = None,
     mqtts_port: Annotated[
-        int | None, typer.Option(help="Device MQTTS port [default: 8883].")
+        int | None, typer.Option(help="Device MQTTS port \\[default: 8883].")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="critical, error, warning, info, debug [default: info].")
+        str | None, typer.Option(help="critical, error, warning, info, debug \\[default: info].")
     ] = None,
     broker: Annotated[
         str | None,
@@ -179,7 +145,7 @@ def create_devices(
     product_id: Annotated[
         str | None,
         typer.Option(
-            "--product-id", help="Product of the devices [default: the app's default product]."
+            "--product-id", help="Product of the devices \\[default: the app's default product]."
         ),
     ] = None,
     group: Annotated[
@@ -187,7 +153,7 @@ def create_devices(
         typer.Option("--group", help="Also put the devices into this group (created if absent)."),
     ] = None,
     prefix: Annotated[
-        str | None, typer.Option("--prefix", help="Node id prefix [default: random per batch].")
+        str | None, typer.Option("--prefix", help="Node id prefix \\[default: random per batch].")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -437,29 +403,91 @@ def _device_row(device: Device) -> dict[str, Any]:
 @app.command()
 def demo(
     devices: Annotated[int, typer.Option("--devices", min=1, help="Fleet size.")] = 1000,
+    type_text: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="The task type to run: createCommands, createMessages, createAsyncCommands, "
+            "updateDeviceShadows, freezeDevices, unfreezeDevices, deleteDevices.",
+        ),
+    ] = TaskType.CREATE_COMMANDS.value,
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="Keep the demo's data here [default: a temp dir]."),
+        typer.Option("--data-dir", help="Keep the demo's data here \\[default: a temp dir]."),
     ] = None,
-    json_out: JsonOpt = False,
+    sim_process: Annotated[
+        bool,
+        typer.Option(
+            "--sim-process", hidden=True, help="Run the simulator in a child process instead."
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object only.")
+    ] = False,
 ) -> None:
-    """Run the platform on free ports, register a fleet, connect it simulated, command it."""
+    """Run the platform on free ports, connect a simulated fleet, run one batch task on it."""
     from fleetbatch.demo import run_demo
+    from fleetbatch.server import tune_gc
+    from fleetbatch.sim.runner import run_on_fast_loop
 
-    if not json_out:
-        err_console.print(f"fleetbatch demo: server on free ports, registering {devices:,} devices")
     try:
-        report = asyncio.run(run_demo(devices, data_dir))
-    except FleetbatchError as exc:
-        raise fail(exc.message) from None
+        task_type = parse_task_type(type_text)
+    except InvalidInput as exc:
+        raise fail(exc.message, EXIT_USAGE) from None
+
+    def on_phase(text: str) -> None:
+        if not json_out:
+            err_console.print(f"fleetbatch demo: {text}", highlight=False)
+
+    with contextlib.ExitStack() as views:
+        view: TaskProgressView | None = None
+
+        def on_progress(task: Task) -> None:
+            nonlocal view
+            if json_out:
+                return
+            if view is None:
+                view = views.enter_context(TaskProgressView())
+            view.update(task)
+
+        try:
+            report = run_on_fast_loop(
+                run_demo(
+                    devices,
+                    task_type,
+                    data_dir,
+                    on_progress=on_progress,
+                    on_phase=on_phase,
+                    # this process is the demo's server for its lifetime, as `serve`'s is
+                    on_ready=tune_gc,
+                    sim_process=sim_process,
+                )
+            )
+        except FleetbatchError as exc:
+            raise fail(exc.message, exit_code_for(exc)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    summary = report.as_dict()
+    succeeded = report.success == report.total == devices
     if json_out:
-        print(json.dumps(report.as_dict()))
-        return
-    table = Table("field", "value", title="fleetbatch demo")
-    for key, value in report.as_dict().items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+        print(json.dumps(summary))
+        raise typer.Exit(0 if succeeded else EXIT_FAILED)
+    table = Table("field", "value", title=f"fleetbatch demo: one {report.type} task")
+    for key, value in summary.items():
+        if value is None:
+            continue
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        table.add_row(key, str(shown))
     Console().print(table)
-    err_console.print("next: a batch task run to completion joins this demo with the engine")
+    err_console.print(
+        f"{report.total:,} subtasks in {report.duration_s:.2f} s "
+        f"({report.subtasks_per_s:,.0f}/s), p50 {report.p50_ms} ms, p99 {report.p99_ms} ms",
+        highlight=False,
+    )
+    if not succeeded:
+        raise fail(
+            f"the demo task ended {report.status}: {report.success:,} of {devices:,} succeeded"
+        )
 
 
 def main() -> None:

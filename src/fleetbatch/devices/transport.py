@@ -112,6 +112,9 @@ class _Unacknowledged(Exception):
     """A QoS 1 downlink got no PUBACK in time (internal: becomes Delivery.UNACKNOWLEDGED)."""
 
 
+LISTEN_BACKLOG = 2048
+
+
 class BuiltinTransport:
     """Devices connect to fleetbatch itself; implements the `DeviceChannel` interface."""
 
@@ -164,6 +167,9 @@ class BuiltinTransport:
             lambda: MqttConnection(self),
             sock=sock,
             ssl=ssl_context,
+            # create_server listens again with its own backlog (100 unless told): keep a
+            # connect storm's queue as deep as the socket was made
+            backlog=LISTEN_BACKLOG,
             ssl_handshake_timeout=self.connect_timeout_s if ssl_context else None,
         )
         self._servers.append(server)

@@ -1,0 +1,858 @@
+"""`fleetbatch task ...`: batch tasks from the command line, over the task service.
+
+Every command opens the store the way the admin commands do (`--data-dir`, `--database`) and
+works while `fleetbatch serve` runs on it: a task created here is stored, and the server's
+engine picks it up on its next sweep (`engine_sweep_s`). The CLI has the rights of an
+administrator: it sees the tasks of every project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from fleetbatch.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    DatabaseOpt,
+    DataDirOpt,
+    JsonOpt,
+    build_settings,
+    err_console,
+    fail,
+    run_with_runtime,
+)
+from fleetbatch.domain.errors import InvalidInput
+from fleetbatch.domain.ids import MAX_MARKER, format_record_id
+from fleetbatch.domain.registry import Page
+from fleetbatch.domain.states import SubtaskStatus, TaskStatus
+from fleetbatch.domain.tasks import (
+    NewTask,
+    Selector,
+    SelectorKind,
+    Subtask,
+    Task,
+    TaskPolicy,
+    TaskType,
+)
+from fleetbatch.domain.tasks import Progress as TaskCounts
+from fleetbatch.domain.timefmt import from_compact, to_compact, to_iso_ms
+from fleetbatch.engine.service import TargetResult
+from fleetbatch.runtime import Runtime
+from fleetbatch.store.paging import MAX_LIMIT, PageRequest
+
+task_app = typer.Typer(
+    help="Batch tasks: create, show, list, page subtasks, watch, stop, retry, delete.",
+    no_args_is_help=True,
+)
+
+WATCH_POLL_S = 0.5
+# device ids read from a targets file per list handed to the service
+TARGETS_CHUNK = 5000
+
+TaskIdArg = Annotated[str, typer.Argument(help="The task id (24 hex).")]
+DevicesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--device", help="Only this device's subtask; repeatable."),
+]
+
+# the progress colours of each subtask state
+STATE_STYLES: Mapping[str, str] = {
+    "waiting": "white",
+    "processing": "cyan",
+    "success": "green",
+    "fail": "red",
+    "fail_wait_retry": "yellow",
+    "timeout": "magenta",
+    "stopped": "bright_black",
+    "removed": "bright_black",
+}
+# shown even at 0; the others only once something is in them
+ALWAYS_SHOWN = ("waiting", "processing", "success", "fail")
+
+
+# --- parsing what the user typed ------------------------------------------------------------
+
+
+def parse_task_type(text: str) -> TaskType:
+    """A task type from its v5 word, any case; InvalidInput lists the words."""
+    for task_type in TaskType:
+        if task_type.value.lower() == text.lower():
+            return task_type
+    words = ", ".join(t.value for t in TaskType)
+    raise InvalidInput("type", f"{text!r} is not a task type; one of {words}")
+
+
+def parse_json_text(option: str, text: str) -> Any:
+    """The JSON of an option's value, or of the file `@path` names."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(option, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(option, f"is not valid JSON: {exc}") from None
+
+
+def policy_from_json(data: Any) -> TaskPolicy:
+    """TaskPolicy fields by name, plus v5's `retry_interval` (minutes) and `schedule_time`."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput("--policy", "must be a JSON object")
+    fields = dict(data)
+    if "retry_interval" in fields:
+        if "retry_interval_s" in fields:
+            raise InvalidInput("--policy", "give retry_interval or retry_interval_s, not both")
+        minutes = fields.pop("retry_interval")
+        if not isinstance(minutes, int) or isinstance(minutes, bool):
+            raise InvalidInput("retry_interval", "must be a whole number of minutes")
+        fields["retry_interval_s"] = minutes * 60
+    if "schedule_time" in fields:
+        if "schedule_at_ms" in fields:
+            raise InvalidInput("--policy", "give schedule_time or schedule_at_ms, not both")
+        moment = fields.pop("schedule_time")
+        try:
+            fields["schedule_at_ms"] = from_compact(moment) if isinstance(moment, str) else None
+        except ValueError as exc:
+            raise InvalidInput("schedule_time", str(exc)) from None
+        if fields["schedule_at_ms"] is None:
+            raise InvalidInput("schedule_time", "must look like 20151212T121212Z")
+    return TaskPolicy.from_json(fields)
+
+
+def read_targets(path: Path) -> Iterator[str]:
+    """Device ids from a fleet file (`admin create-devices --out`) or one id per line.
+
+    Streamed: a fleet file as `FleetFileWriter` writes it (one device per line) and a plain
+    list are read line by line, never whole; blank lines and `#` comments are skipped. A
+    fleet file in any other layout is parsed whole. Secrets in a fleet file are not kept.
+    """
+    try:
+        file = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput("--targets-file", f"cannot read {path}: {exc.strerror or exc}") from None
+    with file:
+        first = file.readline()
+        if first.lstrip().startswith("{"):
+            if first.rstrip().endswith('"devices": ['):
+                yield from _fleet_lines(file, path)
+            else:
+                file.seek(0)
+                yield from _fleet_document(file.read(), path)
+            return
+        for line in itertools.chain([first], file):
+            device_id = line.strip()
+            if device_id and not device_id.startswith("#"):
+                yield device_id
+
+
+def _fleet_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
+    for number, line in enumerate(lines, start=2):
+        text = line.strip().removesuffix(",")
+        if not text or text in ("]}", "]", "}"):
+            continue
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            raise InvalidInput("--targets-file", f"{path}:{number} is not a fleet entry") from None
+        yield _fleet_device_id(entry, f"{path}:{number}")
+
+
+def _fleet_document(text: str, path: Path) -> Iterator[str]:
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput("--targets-file", f"{path} is not valid JSON: {exc}") from None
+    entries = document.get("devices") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise InvalidInput("--targets-file", f"{path} has no devices list")
+    for position, entry in enumerate(entries):
+        yield _fleet_device_id(entry, f"{path}: devices[{position}]")
+
+
+def _fleet_device_id(entry: Any, where: str) -> str:
+    device_id = entry.get("device_id") if isinstance(entry, dict) else None
+    if not isinstance(device_id, str) or not device_id:
+        raise InvalidInput("--targets-file", f"{where} has no device_id")
+    return device_id
+
+
+def non_empty(device_ids: Iterator[str], option: str) -> Iterator[str]:
+    """The same ids; InvalidInput now (not half way through a write) if there are none."""
+    first = next(device_ids, None)
+    if first is None:
+        raise InvalidInput(option, "names no device")
+    return itertools.chain([first], device_ids)
+
+
+def _subtask_status(text: str | None) -> SubtaskStatus | None:
+    if text is None:
+        return None
+    try:
+        return SubtaskStatus(text.lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SubtaskStatus)
+        raise fail(f"--status must be one of {choices}, not {text!r}", EXIT_USAGE) from None
+
+
+def _task_status(text: str | None) -> TaskStatus | None:
+    if text is None:
+        return None
+    try:
+        return TaskStatus(text.lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in TaskStatus)
+        raise fail(f"--status must be one of {choices}, not {text!r}", EXIT_USAGE) from None
+
+
+def _usage(error: InvalidInput) -> typer.Exit:
+    return fail(error.message, EXIT_USAGE)
+
+
+# --- what is printed ---------------------------------------------------------------------------
+
+
+def _when(ms: int | None) -> str | None:
+    return None if ms is None else to_iso_ms(ms)
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as `task show --json` prints it."""
+    return {
+        "task_id": task.task_id,
+        "name": task.name,
+        "type": task.task_type.value,
+        "status": task.status.value,
+        "status_desc": task.status_desc,
+        "app_id": task.app_id,
+        "project_id": task.project_id,
+        "progress": task.progress.to_json(),
+        "document": dict(task.document),
+        "selector": task.selector.to_json() if task.selector is not None else None,
+        "policy": task.policy.to_json(),
+        "tags": dict(task.tags),
+        "source": task.source,
+        "created": _when(task.created_at),
+        "scheduled": _when(task.scheduled_at),
+        "started": _when(task.started_at),
+        "finished": _when(task.finished_at),
+        "deadline": _when(task.deadline_at),
+    }
+
+
+def subtask_json(subtask: Subtask) -> dict[str, Any]:
+    """One subtask as `task details --json` prints it."""
+    return {
+        "id": format_record_id(subtask.id),
+        "target": subtask.target,
+        "status": subtask.status.value,
+        "attempt": subtask.attempt,
+        "failures": subtask.failures,
+        "phase": subtask.phase,
+        "error_code": subtask.error_code,
+        "error_msg": subtask.error_msg,
+        "output": subtask.output,
+        "created": _when(subtask.created_at),
+        "started": _when(subtask.started_at),
+        "finished": _when(subtask.finished_at),
+    }
+
+
+def counts_markup(progress: TaskCounts) -> str:
+    """`waiting 0  processing 12  success 488  fail 0` in colour; rare states once non-zero."""
+    parts = []
+    for name, count in progress.to_json().items():
+        if name == "total" or (name not in ALWAYS_SHOWN and not count):
+            continue
+        style = STATE_STYLES.get(name, "white")
+        parts.append(f"[{style}]{name} {count:,}[/]")
+    return "  ".join(parts)
+
+
+class _CountedProgress(Progress):
+    """rich's progress bar with a second line under it: the per-state counts."""
+
+    counts = ""
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.counts:
+            yield Text.from_markup(f"  {self.counts}")
+
+
+class TaskProgressView:
+    """A live progress bar of one task with its per-state counts under it (stderr)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._progress = _CountedProgress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console or err_console,
+        )
+        self._bar: TaskID | None = None
+
+    def __enter__(self) -> TaskProgressView:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, task: Task) -> None:
+        """Show `task`'s latest counts."""
+        progress = task.progress
+        done = progress.total - progress.unfinished
+        description = f"{task.task_type.value} {task.status.value}"
+        # no total while a selector is still being expanded: the bar pulses
+        total = progress.total if progress.total or task.finished else None
+        self._progress.counts = counts_markup(progress)
+        if self._bar is None:
+            self._bar = self._progress.add_task(description, total=total, completed=done)
+        else:
+            self._progress.update(self._bar, description=description, total=total, completed=done)
+        self._progress.refresh()
+
+
+def _print_task(task: Task) -> None:
+    table = Table("field", "value", title=f"task {task.task_id}")
+    row = task_json(task)
+    for key in ("name", "type", "status", "status_desc", "app_id", "source"):
+        table.add_row(key, "-" if row[key] is None else str(row[key]))
+    for key in ("created", "scheduled", "started", "finished", "deadline"):
+        if row[key] is not None:
+            table.add_row(key, row[key])
+    for key in ("document", "selector", "policy", "tags"):
+        if row[key]:
+            table.add_row(key, json.dumps(row[key]))
+    Console().print(table)
+    counts = Table("state", "subtasks", title="progress")
+    for name, count in task.progress.to_json().items():
+        style = STATE_STYLES.get(name, "bold")
+        counts.add_row(f"[{style}]{name}[/]", f"{count:,}")
+    Console().print(counts)
+
+
+def _print_results(task_id: str, action: str, results: list[TargetResult], json_out: bool) -> None:
+    if json_out:
+        rows = [
+            {"target": r.target, "ok": r.ok, "error_code": r.error_code, "error_msg": r.error_msg}
+            for r in results
+        ]
+        print(json.dumps({"task_id": task_id, "results": rows}))
+    else:
+        table = Table("device", "ok", "error", title=f"{action} {task_id}")
+        for r in results:
+            table.add_row(r.target, "yes" if r.ok else "no", r.error_msg or "")
+        Console().print(table)
+    refused = [r for r in results if not r.ok]
+    if refused:
+        first = refused[0]
+        raise fail(
+            f"{len(refused)} of {len(results)} devices not {action}: "
+            f"{first.target}: {first.error_msg or first.error_code}"
+        )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@task_app.command("create")
+def create(
+    app_id: Annotated[str, typer.Option("--app", help="The app the task belongs to.")],
+    type_text: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="createCommands, createAsyncCommands, createMessages, updateDeviceShadows, "
+            "freezeDevices, unfreezeDevices, deleteDevices.",
+        ),
+    ],
+    document_text: Annotated[
+        str,
+        typer.Option(
+            "--document",
+            help='The operation as JSON (or @file), e.g. createCommands: {"service_id": '
+            '"svc", "command_name": "reboot", "paras": {}}; createMessages: {"message": ...}; '
+            'updateDeviceShadows: {"shadow": [{"service_id": ..., "desired": {...}}]}; '
+            "none for the registry operations.",
+        ),
+    ] = "{}",
+    devices: Annotated[
+        list[str] | None, typer.Option("--device", help="A target device id; repeatable.")
+    ] = None,
+    targets_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--targets-file",
+            help="The targets: a fleet file (admin create-devices --out) or one device id "
+            "per line.",
+        ),
+    ] = None,
+    groups: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="Every device of this group, sub-groups too; repeatable."),
+    ] = None,
+    all_devices: Annotated[
+        bool, typer.Option("--all", help="Every device of the app (broadcast).")
+    ] = False,
+    policy_text: Annotated[
+        str | None,
+        typer.Option(
+            "--policy",
+            help="JSON (or @file) of policy fields: retry_count, retry_interval (min) or "
+            "retry_interval_s, schedule_time (20240615T031500Z) or schedule_at_ms, timeout_s, "
+            "subtask_timeout_s, max_concurrency, rate_per_min, abort_min_finished + "
+            "abort_fail_ratio.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Task name \\[default: cli-<time>-<random>].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a batch task; print its id. The running server's engine carries it out."""
+    chosen = [
+        flag
+        for flag, given in (
+            ("--device", bool(devices)),
+            ("--targets-file", targets_file is not None),
+            ("--group", bool(groups)),
+            ("--all", all_devices),
+        )
+        if given
+    ]
+    if len(chosen) != 1:
+        given = f" (got {' and '.join(chosen)})" if chosen else ""
+        raise fail(
+            f"give exactly one of --device, --targets-file, --group, --all{given}", EXIT_USAGE
+        )
+    try:
+        task_type = parse_task_type(type_text)
+        document = parse_json_text("--document", document_text)
+        policy = (
+            policy_from_json(parse_json_text("--policy", policy_text))
+            if policy_text is not None
+            else TaskPolicy()
+        )
+    except InvalidInput as exc:
+        raise _usage(exc) from None
+    if not isinstance(document, Mapping):
+        raise fail("--document: must be a JSON object", EXIT_USAGE)
+    selector: Selector | None = None
+    if groups:
+        selector = Selector(SelectorKind.GROUP_NAMES, group_names=tuple(groups))
+    elif all_devices:
+        selector = Selector(SelectorKind.ALL)
+    new = NewTask(
+        app_id=app_id,
+        task_type=task_type,
+        name=name or _default_name(),
+        document=document,
+        selector=selector,
+        policy=policy,
+        source="cli",
+    )
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> Task:
+        device_ids: Iterable[str] | None = None
+        if devices:
+            device_ids = devices
+        elif targets_file is not None:
+            # read while the service inserts, chunk by chunk; this loop serves only this
+            # command, so reading the file inline holds up nothing else
+            device_ids = non_empty(read_targets(targets_file), "--targets-file")
+        return await runtime.tasks.create(new, device_ids)
+
+    task = run_with_runtime(settings, work)
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "task_id": task.task_id,
+                    "name": task.name,
+                    "type": task.task_type.value,
+                    "status": task.status.value,
+                    "total": task.progress.total,
+                }
+            )
+        )
+        return
+    print(task.task_id)
+    if groups:
+        targets = f"group {', '.join(groups)} (sub-groups too)"
+    elif all_devices:
+        targets = "every device of the app"
+    else:
+        targets = f"{task.progress.total:,} devices"
+    err_console.print(
+        f"task {task.name!r} created: {task.task_type.value} on {targets}, {task.status.value}"
+        f"; follow it with: fleetbatch task watch {task.task_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _default_name() -> str:
+    return f"cli-{to_compact(int(time.time() * 1000))}-{os.urandom(2).hex()}"
+
+
+@task_app.command("show")
+def show(
+    task_id: TaskIdArg,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One task: status, progress by subtask state, document, policy, times."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> Task:
+        return await runtime.tasks.get(task_id)
+
+    task = run_with_runtime(settings, work)
+    if json_out:
+        print(json.dumps(task_json(task)))
+        return
+    _print_task(task)
+
+
+@task_app.command("list")
+def list_tasks(
+    app_id: Annotated[
+        str | None, typer.Option("--app", help="Only this app's tasks \\[default: every app].")
+    ] = None,
+    type_text: Annotated[str | None, typer.Option("--type", help="Only this task type.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only tasks in this status: processing, success, fail, ..."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="Tasks per page.")] = 10,
+    marker: Annotated[
+        str | None, typer.Option(help="Continue below this marker (from the last page).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A page of tasks, newest first; `--marker` continues where the last page ended."""
+    status_value = _task_status(status)
+    try:
+        task_type = parse_task_type(type_text).value if type_text is not None else None
+        page = PageRequest(limit=limit, marker=marker or MAX_MARKER)
+    except InvalidInput as exc:
+        raise _usage(exc) from None
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> Page[Task]:
+        if app_id is not None:
+            app = await runtime.registry.apps.get(app_id)
+            projects = [app.project_id]
+        else:
+            projects = sorted({app.project_id for app in await runtime.registry.apps.list_all()})
+        pages = [
+            await runtime.tasks.list_tasks(
+                project, page, app_id=app_id, task_type=task_type, status=status_value
+            )
+            for project in projects
+        ]
+        return merge_pages(pages, limit)
+
+    found = run_with_runtime(settings, work)
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "count": found.count,
+                    "marker": found.marker,
+                    "tasks": [_task_summary(task) for task in found.items],
+                }
+            )
+        )
+        return
+    # whole ids and words, no borders: an id cut short cannot be pasted into the next command
+    table = Table(
+        title=f"{found.count:,} tasks",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in ("task_id", "type", "status", "success/total", "created (UTC)"):
+        table.add_column(name, no_wrap=True)
+    for task in found.items:
+        row = _task_summary(task)
+        table.add_row(
+            row["task_id"], row["type"], row["status"],
+            f"{row['success']:,}/{row['total']:,}", _short_time(task.created_at),
+        )  # fmt: skip
+    Console().print(table)
+    if found.marker is not None and len(found.items) == limit:
+        err_console.print(f"next page: --marker {found.marker}", highlight=False)
+
+
+def _short_time(epoch_ms: int) -> str:
+    """`11-25 06:21` (UTC): enough to tell tasks apart in a table; --json has the rest."""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%m-%d %H:%M")
+
+
+def merge_pages(pages: list[Page[Task]], limit: int) -> Page[Task]:
+    """One newest-first page from the same marker page of several projects.
+
+    Task records ids (the marker) grow with creation across projects, so the newest `limit`
+    of the per-project pages are the newest `limit` overall below the marker.
+    """
+    if len(pages) == 1:
+        return pages[0]
+    items = sorted((t for page in pages for t in page.items), key=lambda t: t.pk, reverse=True)
+    items = items[:limit]
+    marker = format_record_id(items[-1].pk) if items else None
+    return Page(items=items, count=sum(page.count for page in pages), marker=marker)
+
+
+def _task_summary(task: Task) -> dict[str, Any]:
+    progress = task.progress
+    return {
+        "task_id": task.task_id,
+        "name": task.name,
+        "type": task.task_type.value,
+        "status": task.status.value,
+        "app_id": task.app_id,
+        "total": progress.total,
+        "success": progress.success,
+        "fail": progress.failed,
+        "unfinished": progress.unfinished,
+        "created": _when(task.created_at),
+    }
+
+
+@task_app.command("details")
+def details(
+    task_id: TaskIdArg,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only subtasks in this state: waiting, processing, success, fail, ..."),
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, max=MAX_LIMIT, help="Marker paging: subtasks per page.")
+    ] = None,
+    marker: Annotated[
+        str | None, typer.Option(help="Marker paging: continue below this marker.")
+    ] = None,
+    offset: Annotated[
+        int | None, typer.Option(min=0, help="Marker paging: skip this many first.")
+    ] = None,
+    page_no: Annotated[
+        int | None, typer.Option("--page-no", min=0, help="Numbered paging: page (from 0).")
+    ] = None,
+    page_size: Annotated[
+        int | None, typer.Option("--page-size", min=1, help="Numbered paging: page size.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A page of a task's subtasks: newest first by marker, or numbered in creation order."""
+    status_value = _subtask_status(status)
+    numbered = page_no is not None or page_size is not None
+    if numbered and (limit is not None or marker is not None or offset is not None):
+        raise fail("use --limit/--marker/--offset or --page-no/--page-size, not both", EXIT_USAGE)
+    try:
+        page = PageRequest(limit=limit or 10, marker=marker or MAX_MARKER, offset=offset or 0)
+    except InvalidInput as exc:
+        raise _usage(exc) from None
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> tuple[Task, Page[Subtask]]:
+        if numbered:
+            return await runtime.tasks.subtasks_by_number(
+                task_id, page_no or 0, page_size or 10, status=status_value, target=device
+            )
+        return await runtime.tasks.subtasks(task_id, page=page, status=status_value, target=device)
+
+    task, found = run_with_runtime(settings, work)
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "task_id": task.task_id,
+                    "count": found.count,
+                    "marker": found.marker,
+                    "subtasks": [subtask_json(subtask) for subtask in found.items],
+                }
+            )
+        )
+        return
+    # the record ids (markers) and times are in --json; the device id is what a reader wants
+    table = Table(
+        title=f"task {task.task_id}: {found.count:,} subtasks",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("device", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("try", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for subtask in found.items:
+        style = STATE_STYLES.get(subtask.status.value, "white")
+        error = subtask.error_code and f"{subtask.error_code}: {subtask.error_msg or ''}"
+        table.add_row(
+            subtask.target, f"[{style}]{subtask.status.value}[/]", str(subtask.attempt),
+            error or "",
+        )  # fmt: skip
+    Console().print(table)
+    if not numbered and found.marker is not None and len(found.items) == page.limit:
+        err_console.print(f"next page: --marker {found.marker}", highlight=False)
+
+
+@task_app.command("watch")
+def watch(
+    task_id: TaskIdArg,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 1)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Follow a task live (a progress bar with per-state counts) until it finished."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> Task:
+        view = None if json_out else TaskProgressView()
+        task = await runtime.tasks.get(task_id)
+        try:
+            with view or contextlib.nullcontext():
+                async with asyncio.timeout(timeout):
+                    while True:
+                        if view is not None:
+                            view.update(task)
+                        if task.finished:
+                            return task
+                        # one read of the task row twice a second costs the server nothing
+                        await asyncio.sleep(WATCH_POLL_S)
+                        task = await runtime.tasks.get(task_id)
+        except TimeoutError:
+            raise fail(f"task {task_id} is still {task.status.value} after {timeout:g} s") from None
+
+    try:
+        task = run_with_runtime(settings, work)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        print(json.dumps(task_json(task)))
+        return
+    err_console.print(
+        f"task {task.task_id} {task.status.value}: {counts_markup(task.progress)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@task_app.command("stop")
+def stop(
+    task_id: TaskIdArg,
+    devices: DevicesOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop a task, or only the named devices' unfinished subtasks."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> tuple[list[TargetResult], Task]:
+        results = await runtime.tasks.stop(task_id, targets=devices or None)
+        return results, await runtime.tasks.get(task_id)
+
+    results, task = run_with_runtime(settings, work)
+    if devices:
+        _print_results(task_id, "stopped", results, json_out)
+    elif json_out:
+        print(json.dumps({"task_id": task_id, "status": task.status.value}))
+    else:
+        err_console.print(f"task {task_id} {task.status.value}", highlight=False)
+
+
+@task_app.command("retry")
+def retry(
+    task_id: TaskIdArg,
+    devices: DevicesOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run failed, timed-out and stopped subtasks again (all, or the named devices')."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> tuple[list[TargetResult], Task]:
+        results = await runtime.tasks.retry(task_id, targets=devices or None)
+        return results, await runtime.tasks.get(task_id)
+
+    results, task = run_with_runtime(settings, work)
+    if devices:
+        _print_results(task_id, "retried", results, json_out)
+    elif json_out:
+        print(
+            json.dumps(
+                {"task_id": task_id, "status": task.status.value, "waiting": task.progress.waiting}
+            )
+        )
+    else:
+        err_console.print(
+            f"task {task_id} {task.status.value}: {task.progress.waiting:,} subtasks to run again",
+            highlight=False,
+        )
+
+
+@task_app.command("delete")
+def delete(
+    task_id: TaskIdArg,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a finished task and its subtasks (stop a running one first)."""
+    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def work(runtime: Runtime) -> None:
+        await runtime.tasks.delete(task_id)
+
+    run_with_runtime(settings, work)
+    if json_out:
+        print(json.dumps({"task_id": task_id, "deleted": True}))
+    else:
+        err_console.print(f"task {task_id} deleted", highlight=False)
