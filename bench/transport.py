@@ -34,32 +34,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import ROOT
+from _support import (
+    ROOT,
+    RoundTripLoop,
+    children_of,
+    emit,
+    make_fleet,
+    proc_cpu_s,
+    rss_kb,
+    subset,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from support.mosquitto import MosquittoBroker
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
 # --- the platform side (a child process) ---------------------------------------------------
 
 
-def rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
 async def platform_main(args: argparse.Namespace) -> None:
-    from fleetbatch.devices import topics
     from fleetbatch.devices.authenticator import DeviceAuthenticator
-    from fleetbatch.devices.channel import DeviceChannel, NoResponse
+    from fleetbatch.devices.channel import DeviceChannel
     from fleetbatch.devices.presence import PresenceRecorder
     from fleetbatch.devices.transport import BuiltinTransport
     from fleetbatch.runtime import Runtime
@@ -112,29 +106,8 @@ async def platform_main(args: argparse.Namespace) -> None:
         gc.collect()
         emit("connected", devices=n, connect_s=connect_s, rss_kb=rss_kb())
 
-    # every device answers once: proves its connection (and, via a broker, its subscriptions)
-    counter = 0
-
-    def next_id() -> str:
-        nonlocal counter
-        counter += 1
-        return f"b{counter}"
-
-    waiting = list(device_ids)
-    warm_deadline = time.monotonic() + 120
-    sem = asyncio.Semaphore(args.in_flight)
-    while waiting and time.monotonic() < warm_deadline:
-
-        async def probe(device_id: str) -> str | None:
-            async with sem:
-                try:
-                    await channel.request(topics.command(device_id, next_id()), timeout_s=5)
-                except (NoResponse, Exception):
-                    return device_id
-                return None
-
-        results = await asyncio.gather(*(probe(d) for d in waiting))
-        waiting = [d for d in results if d is not None]
+    loop = RoundTripLoop(channel, device_ids, args.in_flight)
+    waiting = await loop.probe_all()
     if waiting:
         emit("error", message=f"{len(waiting)} devices never answered")
         return
@@ -142,55 +115,10 @@ async def platform_main(args: argparse.Namespace) -> None:
     rss_after = rss_kb()
     emit("ready", rss_kb=rss_after)
 
-    # the window: `in_flight` slots, each with its own slice of devices and one command in
-    # flight at a time; a finished command starts the slot's next one from its done callback
-    done = 0
-    failed = 0
-    stop_at = 0.0
-    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    active = 0
-    slices = [device_ids[i :: args.in_flight] or device_ids for i in range(args.in_flight)]
-    positions = [0] * args.in_flight
-
-    def fire(slot: int) -> None:
-        nonlocal active
-        mine = slices[slot]
-        device_id = mine[positions[slot] % len(mine)]
-        positions[slot] += 1
-        downlink = topics.command(device_id, next_id(), service_id="s", command_name="c")
-        channel.submit(downlink, timeout_s=10).add_done_callback(
-            lambda future, slot=slot: landed(slot, future)
-        )
-
-    def landed(slot: int, future: asyncio.Future[Any]) -> None:
-        nonlocal done, failed, active
-        if future.exception() is None:
-            done += 1
-        else:
-            failed += 1
-        if time.perf_counter() < stop_at:
-            fire(slot)
-            return
-        active -= 1
-        if active == 0 and not finished.done():
-            finished.set_result(None)
-
-    async def run_window(seconds: float) -> float:
-        nonlocal active, stop_at, finished, done, failed
-        done = failed = 0
-        finished = asyncio.get_running_loop().create_future()
-        started = time.perf_counter()
-        stop_at = started + seconds
-        active = args.in_flight
-        for slot in range(args.in_flight):
-            fire(slot)
-        await finished
-        return time.perf_counter() - started
-
-    await run_window(args.warmup_s)
+    await loop.run(args.warmup_s)
     cpu0 = time.process_time()
     emit("window_start")
-    elapsed = await run_window(args.window_s)
+    done, failed, elapsed = await loop.run(args.window_s)
     cpu = time.process_time() - cpu0
     emit(
         "window_end",
@@ -209,28 +137,6 @@ async def platform_main(args: argparse.Namespace) -> None:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
-
-
-def children_of(pid: int) -> list[int]:
-    found = [pid]
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
-    for kid in kids:
-        found.extend(children_of(int(kid)))
-    return found
-
-
 SPIN = (
     "import time\nend = time.perf_counter() + 1.0\nn = 0\n"
     "while time.perf_counter() < end: n += 1\nprint(n)"
@@ -247,70 +153,6 @@ def parallel_capacity() -> float:
     pair = [subprocess.Popen([sys.executable, "-c", SPIN], stdout=subprocess.PIPE) for _ in "ab"]
     together = sum(int(p.communicate()[0]) for p in pair)
     return together / alone
-
-
-def make_fleet(data_dir: Path, count: int, fleet: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetbatch",
-            "admin",
-            "create-app",
-            "--name",
-            "bench",
-            "--data-dir",
-            str(data_dir),
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    apps = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fleetbatch",
-                "admin",
-                "list-apps",
-                "--data-dir",
-                str(data_dir),
-                "--json",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetbatch",
-            "admin",
-            "create-devices",
-            "--app",
-            apps[0]["app_id"],
-            "--count",
-            str(count),
-            "--out",
-            str(fleet),
-            "--data-dir",
-            str(data_dir),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-
-
-def subset(fleet: Path, count: int, out: Path) -> None:
-    data = json.loads(fleet.read_text())
-    data["devices"] = data["devices"][:count]
-    out.write_text(json.dumps(data))
-    out.chmod(0o600)
 
 
 def run_mode(

@@ -7,6 +7,7 @@ own wire limits first; what is checked here holds for every caller (the CLI incl
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -24,6 +25,7 @@ MAX_SCHEDULE_AHEAD_MS = 7 * 24 * 3600 * 1000
 DEFAULT_COMMAND_TIMEOUT_S = 20.0
 # a down message's PUBACK, a shadow push's delivery
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class TaskType(StrEnum):
@@ -162,11 +164,12 @@ class TaskPolicy:
         return max(self.retry_count, self.max_retransmit)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field that is set (stored on the task row)."""
+        """Every field that differs from its default (stored on the task row)."""
+        # compared with the default, not with 0: a fail ratio of 0.0 is a rule, not unset
         return {
             name: getattr(self, name)
-            for name in self.__dataclass_fields__
-            if getattr(self, name) not in (None, 0)
+            for name, spec in self.__dataclass_fields__.items()
+            if getattr(self, name) != spec.default
         }
 
     @classmethod
@@ -372,9 +375,7 @@ def request_id_for(subtask_id: int, attempt: int) -> str:
 
 def parse_request_id(request_id: str) -> tuple[int, int] | None:
     """(subtask id, attempt) from `request_id_for`'s form; None for any other id."""
-    if len(request_id) != 32:
+    # exactly `request_id_for`'s form: int() alone would also take signs, spaces, "_", "A-F"
+    if not _REQUEST_ID.fullmatch(request_id):
         return None
-    try:
-        return int(request_id[:24], 16), int(request_id[24:], 16)
-    except ValueError:
-        return None
+    return int(request_id[:24], 16), int(request_id[24:], 16)

@@ -33,6 +33,11 @@ async def expand_step(store: Store, task: Task, *, chunk: int, now_ms: int) -> b
             if row is None or row.status != TaskStatus.INITIALIZING.value:
                 return True
             cursor = row.expand_cursor
+            # take the task row before inserting: on PostgreSQL a second expander that read
+            # the same cursor waits here and then finds it moved, instead of inserting the
+            # same devices and failing on the (task, target) unique index
+            if not await task_rows.advance_cursor(conn, task.pk, cursor, cursor):
+                raise _LostRace
             after_pk = int(cursor) if cursor else 0
             condition = subtask_rows.selector_condition(task.selector, task.app_id)
             inserted, upper = await subtask_rows.expand_chunk(

@@ -93,6 +93,9 @@ class TaskService:
         document = normalise_document(new.task_type, new.document)
         if (device_ids is None) == (new.selector is None):
             raise InvalidInput("targets", "give either a device list or a selector")
+        if new.selector is not None and new.selector.kind is SelectorKind.DEVICES:
+            # the expander has nothing to expand it from: the list itself is `device_ids`
+            raise InvalidInput("selector", "a device list is given as the list, not a selector")
         async with self.store.write() as conn:
             app = await require_app(conn, new.app_id)
             selector = await self._resolve(conn, app.project_id, new.app_id, new.selector)
@@ -294,12 +297,18 @@ class TaskService:
             if current.status in FINISHED_TASK_STATUSES:
                 raise Conflict(f"task {task_id} has finished ({current.status.value})")
             if targets is None:
-                if current.status is not T.STOPPING:
-                    await task_rows.change_status(
-                        conn, task.pk, steps.STOPPABLE, T.STOPPING, status_desc="stopped"
-                    )
+                # an expanding task is fenced first (the expander checks its status under
+                # the task row); a running one loses its subtasks first and the task row
+                # last, the order of the workers that claim from it, or they deadlock
+                fenced = await task_rows.change_status(
+                    conn, task.pk, (T.INITIALIZING,), T.STOPPING, status_desc="stopped"
+                )
                 progress = await steps.stop_subtasks(conn, task.pk, now)
-                if current.status is not T.INITIALIZING:
+                if not fenced:
+                    if current.status is not T.STOPPING:
+                        await task_rows.change_status(
+                            conn, task.pk, steps.STOPPABLE, T.STOPPING, status_desc="stopped"
+                        )
                     await steps.finish(conn, _as(current, T.STOPPING), progress, now)
                 results: list[TargetResult] = []
             else:
@@ -347,7 +356,12 @@ class TaskService:
                 error_code=None,
                 error_msg=None,
             )
-            if sum(v for v in deltas.values() if v > 0) and current.finished:
+            counted = await task_rows.add_counts(conn, task.pk, deltas)
+            # decided on the row as the counter update left it (locked), not as read above:
+            # on PostgreSQL a finaliser may have finished the task since
+            if sum(v for v in deltas.values() if v > 0) and (
+                T(counted.status) in FINISHED_TASK_STATUSES
+            ):
                 deadline = (
                     now + current.policy.timeout_s * 1000 if current.policy.timeout_s else None
                 )
@@ -359,12 +373,21 @@ class TaskService:
                     status_desc=None,
                     deadline_at=deadline,
                 )
-            await steps.add_deltas(conn, {task.pk: deltas})
+            after = await subtask_rows.targets_in(conn, task.pk, targets) if targets else {}
             await notify_engines(conn)
         self._changed()
         if targets is None:
             return []
-        return [_target_result(t, before.get(t), stopping=False) for t in targets]
+        results = [_target_result(t, before.get(t), stopping=False) for t in targets]
+        # a failed subtask that names no device was left as it was: not a success either
+        return [
+            r
+            if not r.ok or after.get(r.target) is S.WAITING
+            else TargetResult(
+                r.target, False, "task.target_state", f"{r.target} names no device; not retried"
+            )
+            for r in results
+        ]
 
     async def delete(self, task_id: str, *, project_id: str | None = None) -> None:
         """Delete a finished task and its subtasks; Conflict while it runs."""

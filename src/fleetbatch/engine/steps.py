@@ -179,6 +179,8 @@ async def finish(
         task.pk,
         (T.PROCESSING, T.STOPPING),
         status,
+        # `progress` may be stale on PostgreSQL: a retry may have committed since
+        settled=True,
         finished_at=now_ms,
         claimed_by=None,
         lease_until=None,
@@ -214,8 +216,10 @@ async def abort_if_failing(store: Store, task_pk: int, *, now_ms: int) -> bool:
             f"above the {policy.abort_fail_ratio:.0%} allowed once "
             f"{policy.abort_min_finished} finished"
         )
-        await task_rows.change_status(conn, task.pk, RUNNING, T.STOPPING, status_desc=desc)
+        # subtask rows first, the task row last: workers claiming from the task lock them
+        # in that order, and the opposite order deadlocks with them on PostgreSQL
         progress = await stop_subtasks(conn, task.pk, now_ms)
+        await task_rows.change_status(conn, task.pk, RUNNING, T.STOPPING, status_desc=desc)
         await finish(conn, _with_status(task, T.STOPPING), progress, now_ms)
         return True
 

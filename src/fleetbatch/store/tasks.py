@@ -22,6 +22,11 @@ ACTIVE_TASK_STATUSES = (
     TaskStatus.STOPPING.value,
 )
 COUNTER_COLUMNS = {status: counter_column(status) for status in SubtaskStatus}
+UNFINISHED_STATUSES = (
+    SubtaskStatus.WAITING,
+    SubtaskStatus.PROCESSING,
+    SubtaskStatus.FAIL_WAIT_RETRY,
+)
 
 
 def _loads(value: Any) -> Any:
@@ -176,14 +181,19 @@ async def change_status(
     task_pk: int,
     allowed: Iterable[TaskStatus],
     new: TaskStatus,
+    *,
+    settled: bool = False,
     **values: Any,
 ) -> bool:
-    """Move a task to `new` if it is in one of `allowed`; False when it was not."""
-    result = await conn.execute(
-        update(tasks)
-        .where(tasks.c.pk == task_pk, tasks.c.status.in_([s.value for s in allowed]))
-        .values(status=new.value, **values)
-    )
+    """Move a task to `new` if it is in one of `allowed`; False when it was not.
+
+    `settled`: only while the counters say no subtask is unfinished. Checked in the UPDATE
+    itself, so a retry that committed after the caller read the counters wins.
+    """
+    where = [tasks.c.pk == task_pk, tasks.c.status.in_([s.value for s in allowed])]
+    if settled:
+        where.extend(tasks.c[COUNTER_COLUMNS[status]] == 0 for status in UNFINISHED_STATUSES)
+    result = await conn.execute(update(tasks).where(*where).values(status=new.value, **values))
     return bool(result.rowcount)
 
 
