@@ -212,6 +212,7 @@ class Engine:
         """Look for work now (a task was created, stopped or retried)."""
         for run in self.runs.values():
             run.idle = False
+            run.retries = True
         self._sweep_now.set()
         self._wake.set()
 
@@ -289,6 +290,7 @@ class Engine:
             lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
             online_only=executor.online_only(run.task),
             phase=executor.claim_phase(run.task),
+            retries=run.retries,
         )
         claimed = await steps.claim_batch(self.store, request, worker_id=self.worker_id, now_ms=now)
         if not claimed:
@@ -304,7 +306,10 @@ class Engine:
         now = self.clock.now_ms()
         async with self.store.write() as conn:
             claimed: list[Claimed] = []
-            for status in (steps.S.FAIL_WAIT_RETRY, steps.S.WAITING):
+            pools = (
+                (steps.S.FAIL_WAIT_RETRY, steps.S.WAITING) if run.retries else (steps.S.WAITING,)
+            )
+            for status in pools:
                 got = await subtask_rows.claim(
                     conn,
                     run.pk,
@@ -406,6 +411,8 @@ class Engine:
     def _after_progress(self, progress: dict[int, Progress]) -> None:
         for task_pk, now_progress in progress.items():
             run = self.runs.get(task_pk)
+            if run is not None:
+                run.retries = now_progress.fail_wait_retry > 0
             if not now_progress.unfinished or (
                 run is not None and should_abort(now_progress, run.task.policy)
             ):
@@ -511,6 +518,7 @@ class Engine:
                 if status is not None:
                     self._finished(task, status)
             run.idle = False
+            run.retries = True  # retries come due with time, and other workers make them
         await self._settle()
         await self._refresh()
         self._wake.set()

@@ -55,6 +55,7 @@ class ClaimRequest:
     lease_until: int
     online_only: bool = False
     phase: str | None = None
+    retries: bool = True  # False: skip the retry claim (the counters show none)
 
 
 async def claim_batch(
@@ -64,7 +65,7 @@ async def claim_batch(
     async with store.write() as conn:
         claimed: list[Claimed] = []
         deltas: Counter[SubtaskStatus] = Counter()
-        for status in (S.FAIL_WAIT_RETRY, S.WAITING):
+        for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
             room = request.limit - len(claimed)
             if room <= 0:
                 break

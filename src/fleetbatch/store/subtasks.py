@@ -9,12 +9,13 @@ arrays (`unnest`), SQLite one JSON text (`json_each`).
 
 from __future__ import annotations
 
-import json
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -23,9 +24,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    exists,
     func,
-    or_,
     select,
     text,
     update,
@@ -256,67 +255,51 @@ async def claim(
     phase: str | None = None,
 ) -> list[Claimed]:
     """Hand up to `limit` due subtasks in `from_status` to this worker for a new attempt."""
-    due = or_(s.due_at.is_(None), s.due_at <= now_ms)
-    conditions = [s.task_pk == task_pk, s.status == from_status.value, due]
-    if online_only:
-        conditions.append(
-            exists().where(
-                devices.c.pk == s.device_pk, devices.c.status == DeviceStatus.ONLINE.value
-            )
-        )
-    if conn.dialect.name == "postgresql":
-        statement: Any = _claim_postgres(online_only).bindparams(
-            task_pk=task_pk,
-            from_status=from_status.value,
-            now=now_ms,
-            lim=limit,
-            worker=worker_id,
-            lease=lease_until,
-            phase=phase,
-        )
-    else:
-        picked = select(s.id).where(*conditions).order_by(s.id).limit(limit)
-        values: dict[str, Any] = {
-            "status": S.PROCESSING.value,
-            "attempt": s.attempt + 1,
-            "claimed_by": worker_id,
-            "lease_until": lease_until,
-            "started_at": func.coalesce(s.started_at, now_ms),
-            "updated_at": now_ms,
-            "due_at": None,
-        }
-        if phase is not None:
-            values["phase"] = phase
-        statement = (
-            update(subtasks)
-            .where(s.id.in_(picked.scalar_subquery()), s.status == from_status.value)
-            .values(**values)
-            .returning(s.id, s.target, s.device_pk, s.attempt, s.failures)
-        )
+    statement = _claim_statement(conn.dialect.name, online_only).bindparams(
+        task_pk=task_pk,
+        from_status=from_status.value,
+        now=now_ms,
+        lim=limit,
+        worker=worker_id,
+        lease=lease_until,
+        phase=phase,
+    )
     rows = (await conn.execute(statement)).all()
     return [Claimed(*row) for row in sorted(rows)]
 
 
-def _claim_postgres(online_only: bool) -> Any:
-    # `= ANY(ARRAY(...))`: the `IN (SELECT ...)` form turned into a scan of the whole table
-    # once statistics existed (DESIGN: measured); SKIP LOCKED lets several workers share
+@functools.cache
+def _claim_statement(dialect: str, online_only: bool) -> Any:
+    """The claim as fixed SQL per dialect: compiled once, where an expression built per
+    call cost as much as the UPDATE itself (measured on the dispatcher's path)."""
     online = (
         "AND EXISTS (SELECT 1 FROM devices d WHERE d.pk = subtasks.device_pk"
         f" AND d.status = '{DeviceStatus.ONLINE.value}')"
         if online_only
         else ""
     )
+    # PostgreSQL: `= ANY(ARRAY(...))`, as the `IN (SELECT ...)` form turned into a scan of
+    # the whole table once statistics existed (DESIGN: measured); SKIP LOCKED lets several
+    # workers share. SQLite has one writer, and its planner keeps the index for `IN`.
+    if dialect == "postgresql":
+        picked = f"""id = ANY(ARRAY(
+    SELECT id FROM subtasks
+    WHERE task_pk = :task_pk AND status = :from_status
+      AND (due_at IS NULL OR due_at <= CAST(:now AS BIGINT)) {online}
+    ORDER BY id LIMIT :lim FOR UPDATE SKIP LOCKED))"""
+    else:
+        picked = f"""id IN (
+    SELECT id FROM subtasks
+    WHERE task_pk = :task_pk AND status = :from_status
+      AND (due_at IS NULL OR due_at <= :now) {online}
+    ORDER BY id LIMIT :lim)"""
     return text(
         f"""
 UPDATE subtasks SET status = 'processing', attempt = attempt + 1, claimed_by = :worker,
   lease_until = CAST(:lease AS BIGINT), started_at = COALESCE(started_at, CAST(:now AS BIGINT)),
   updated_at = CAST(:now AS BIGINT), due_at = NULL,
   phase = COALESCE(CAST(:phase AS VARCHAR), phase)
-WHERE id = ANY(ARRAY(
-    SELECT id FROM subtasks
-    WHERE task_pk = :task_pk AND status = :from_status
-      AND (due_at IS NULL OR due_at <= CAST(:now AS BIGINT)) {online}
-    ORDER BY id LIMIT :lim FOR UPDATE SKIP LOCKED))
+WHERE {picked}
   AND status = :from_status
 RETURNING id, target, device_pk, attempt, failures
 """
@@ -422,7 +405,7 @@ async def apply_outcomes(
         }
         rows = (await conn.execute(_APPLY_POSTGRES, params)).all()
     else:
-        payload = json.dumps(
+        payload = orjson.dumps(
             [
                 [
                     o.id,
@@ -438,12 +421,14 @@ async def apply_outcomes(
                 for o in outcomes
             ]
         )
-        rows = (await conn.execute(_APPLY_SQLITE, {"now": now_ms, "payload": payload})).all()
+        rows = (
+            await conn.execute(_APPLY_SQLITE, {"now": now_ms, "payload": payload.decode()})
+        ).all()
     deltas: dict[int, Counter[SubtaskStatus]] = {}
-    for task_pk, status in rows:
+    for (task_pk, status), count in Counter(map(tuple, rows)).items():
         counter = deltas.setdefault(task_pk, Counter())
-        counter[S.PROCESSING] -= 1
-        counter[S(status)] += 1
+        counter[S.PROCESSING] -= count
+        counter[S(status)] += count
     return deltas
 
 
@@ -640,6 +625,11 @@ async def page_by_number(
 ) -> Page[Subtask]:
     """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists)."""
     where = _filters(task_pk, status, target)
+    if conn.dialect.name == "postgresql":
+        # PostgreSQL's generic plan for a prepared statement (used after five runs) assumes an
+        # average task; with one huge task it walks the primary key and filters, 70-100 ms
+        # for a 10-subtask task's page (measured). Plan with this task's real numbers.
+        await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     rows = (
         await conn.execute(
             select(subtasks)

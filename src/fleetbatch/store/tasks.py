@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.registry import Page
@@ -143,27 +143,28 @@ async def page_tasks(
     return Page(items=[task_from_row(row) for row in rows], count=count, marker=marker)
 
 
+# One fixed statement for every mix of deltas: it is compiled once, where an expression built
+# per call cost more than the UPDATE itself on the engine's claim and apply paths (measured).
+_ADD_COUNTS = text(
+    "UPDATE tasks SET n_total = n_total + :total, "
+    + ", ".join(f"{c} = {c} + :{c}" for c in COUNTER_COLUMNS.values())
+    + " WHERE pk = :pk RETURNING pk, status, n_total, n_removed, "
+    + ", ".join(COUNTER_COLUMNS.values())
+)
+
+
 async def add_counts(
     conn: AsyncConnection, task_pk: int, deltas: Mapping[SubtaskStatus, int], total: int = 0
 ) -> Row[Any]:
     """Add to the counters of one task (in the transaction that changed the rows).
 
-    Returns the task row as it is afterwards. Called last in a transaction: the task row is
-    the hot row every writer of the task touches.
+    Returns the task's pk, status and counters as they are afterwards. Called last in a
+    transaction: the task row is the hot row every writer of the task touches.
     """
-    values: dict[str, Any] = {
-        COUNTER_COLUMNS[status]: tasks.c[COUNTER_COLUMNS[status]] + delta
-        for status, delta in deltas.items()
-        if delta
-    }
-    if total:
-        values["n_total"] = tasks.c.n_total + total
-    statement = update(tasks).where(tasks.c.pk == task_pk)
-    if not values:
-        row = await get_task_row(conn, pk=task_pk)
-        assert row is not None
-        return row
-    result = await conn.execute(statement.values(**values).returning(*tasks.c))
+    params: dict[str, Any] = {column: 0 for column in COUNTER_COLUMNS.values()}
+    for status, delta in deltas.items():
+        params[COUNTER_COLUMNS[status]] = delta
+    result = await conn.execute(_ADD_COUNTS, {"pk": task_pk, "total": total, **params})
     return result.one()
 
 

@@ -33,6 +33,9 @@ class TaskRun:
     in_flight: int = 0
     # no due subtask was left at the last claim; cleared by the sweeper and by wake-ups
     idle: bool = False
+    # a fail_wait_retry subtask may be due: the counters showed some at the last applied
+    # batch, or a sweep or wake-up came since; saves an empty retry claim per batch
+    retries: bool = True
     tokens: float = 0.0
     refilled_at: float = field(default_factory=time.monotonic)
 
