@@ -360,7 +360,7 @@ class TaskService:
             # decided on the row as the counter update left it (locked), not as read above:
             # on PostgreSQL a finaliser may have finished the task since
             if sum(v for v in deltas.values() if v > 0) and (
-                T(counted.status) in FINISHED_TASK_STATUSES
+                counted.status in FINISHED_TASK_STATUSES
             ):
                 deadline = (
                     now + current.policy.timeout_s * 1000 if current.policy.timeout_s else None

@@ -27,6 +27,7 @@ from fleetbatch.domain.tasks import (
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
 from fleetbatch.store.database import Store
+from fleetbatch.store.rawsql import RawWrite
 from fleetbatch.store.subtasks import Claimed, Outcome
 
 S = SubtaskStatus
@@ -36,13 +37,12 @@ STOPPABLE = (T.INITIALIZING, T.WAITING, T.PROCESSING, T.STOPPING)
 
 
 async def add_deltas(
-    conn: AsyncConnection, deltas: dict[int, Counter[SubtaskStatus]]
+    conn: AsyncConnection | RawWrite, deltas: dict[int, Counter[SubtaskStatus]]
 ) -> dict[int, Progress]:
     """Add per-task counter deltas (last in the transaction); the progress afterwards."""
     progress: dict[int, Progress] = {}
     for task_pk in sorted(deltas):
-        row = await task_rows.add_counts(conn, task_pk, deltas[task_pk])
-        progress[task_pk] = task_rows.progress_from_row(row)
+        progress[task_pk] = (await task_rows.add_counts(conn, task_pk, deltas[task_pk])).progress
     return progress
 
 
@@ -62,7 +62,7 @@ async def claim_batch(
     store: Store, request: ClaimRequest, *, worker_id: str, now_ms: int
 ) -> list[Claimed]:
     """Claim up to `limit` due subtasks of a running task: retries first, then waiting ones."""
-    async with store.write() as conn:
+    async with store.raw_write() as conn:
         claimed: list[Claimed] = []
         deltas: Counter[SubtaskStatus] = Counter()
         for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
@@ -93,7 +93,7 @@ async def apply_outcomes(
     store: Store, outcomes: Sequence[Outcome], *, now_ms: int
 ) -> dict[int, Progress]:
     """Apply a batch of outcomes; the progress of every task that changed."""
-    async with store.write() as conn:
+    async with store.raw_write() as conn:
         deltas = await subtask_rows.apply_outcomes(conn, outcomes, now_ms)
         return await add_deltas(conn, deltas)
 

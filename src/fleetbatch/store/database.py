@@ -25,6 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from fleetbatch.domain.errors import Unavailable
 from fleetbatch.settings import Settings
 from fleetbatch.store import migrations_runner
+from fleetbatch.store.rawsql import RawWrite
 from fleetbatch.store.schema import meta
 
 _WRITE_OPTION = "fleetbatch_write"
@@ -123,6 +124,31 @@ class Store:
             await conn.execution_options(**{_WRITE_OPTION: True})
             async with conn.begin():
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def raw_write(self) -> AsyncIterator[AsyncConnection | RawWrite]:
+        """A write transaction for the engine's hot statements (`store.rawsql`).
+
+        On SQLite the statements go straight to the pooled driver connection, one call to
+        its thread each; on PostgreSQL this is `write()`.
+        """
+        if self._write_lock is None:
+            async with self.write() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            assert driver is not None  # an open pooled connection has one
+            tx = RawWrite(driver)
+            await tx.run("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                # were this cut short too, the pool's rollback at check-in still ends it
+                await tx.run("ROLLBACK")
+                raise
+            await tx.run("COMMIT")
 
     async def get_meta(self, conn: AsyncConnection, key: str) -> str | None:
         """A value from the store's own key/value table."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     Row,
     Text,
+    TextClause,
     and_,
     bindparam,
     func,
@@ -38,6 +39,7 @@ from fleetbatch.domain.registry import DeviceStatus, Page
 from fleetbatch.domain.states import TERMINAL_SUBTASK_STATUSES, SubtaskStatus
 from fleetbatch.domain.tasks import ErrorCode, Selector, SelectorKind, Subtask
 from fleetbatch.store.paging import PageRequest
+from fleetbatch.store.rawsql import RawWrite, fetch_rows
 from fleetbatch.store.schema import devices, group_members, subtasks
 
 S = SubtaskStatus
@@ -243,7 +245,7 @@ async def expand_chunk(
 
 
 async def claim(
-    conn: AsyncConnection,
+    conn: AsyncConnection | RawWrite,
     task_pk: int,
     from_status: SubtaskStatus,
     limit: int,
@@ -255,21 +257,22 @@ async def claim(
     phase: str | None = None,
 ) -> list[Claimed]:
     """Hand up to `limit` due subtasks in `from_status` to this worker for a new attempt."""
-    statement = _claim_statement(conn.dialect.name, online_only).bindparams(
-        task_pk=task_pk,
-        from_status=from_status.value,
-        now=now_ms,
-        lim=limit,
-        worker=worker_id,
-        lease=lease_until,
-        phase=phase,
-    )
-    rows = (await conn.execute(statement)).all()
-    return [Claimed(*row) for row in sorted(rows)]
+    dialect = "sqlite" if isinstance(conn, RawWrite) else conn.dialect.name
+    params = {
+        "task_pk": task_pk,
+        "from_status": from_status.value,
+        "now": now_ms,
+        "lim": limit,
+        "worker": worker_id,
+        "lease": lease_until,
+        "phase": phase,
+    }
+    rows = await fetch_rows(conn, _claim_statement(dialect, online_only), params)
+    return [Claimed(*row) for row in sorted(rows, key=lambda row: row[0])]
 
 
 @functools.cache
-def _claim_statement(dialect: str, online_only: bool) -> Any:
+def _claim_statement(dialect: str, online_only: bool) -> TextClause:
     """The claim as fixed SQL per dialect: compiled once, where an expression built per
     call cost as much as the UPDATE itself (measured on the dispatcher's path)."""
     online = (
@@ -381,7 +384,7 @@ RETURNING subtasks.task_pk, subtasks.status
 
 
 async def apply_outcomes(
-    conn: AsyncConnection, outcomes: Sequence[Outcome], now_ms: int
+    conn: AsyncConnection | RawWrite, outcomes: Sequence[Outcome], now_ms: int
 ) -> dict[int, Counter[SubtaskStatus]]:
     """Apply a batch of outcomes as one guarded UPDATE; the counter deltas per task.
 
@@ -390,7 +393,8 @@ async def apply_outcomes(
     """
     if not outcomes:
         return {}
-    if conn.dialect.name == "postgresql":
+    rows: Sequence[Sequence[Any]]
+    if not isinstance(conn, RawWrite) and conn.dialect.name == "postgresql":
         params: dict[str, Any] = {
             "now": now_ms,
             "ids": [o.id for o in outcomes],
@@ -421,9 +425,7 @@ async def apply_outcomes(
                 for o in outcomes
             ]
         )
-        rows = (
-            await conn.execute(_APPLY_SQLITE, {"now": now_ms, "payload": payload.decode()})
-        ).all()
+        rows = await fetch_rows(conn, _APPLY_SQLITE, {"now": now_ms, "payload": payload.decode()})
     deltas: dict[int, Counter[SubtaskStatus]] = {}
     for (task_pk, status), count in Counter(map(tuple, rows)).items():
         counter = deltas.setdefault(task_pk, Counter())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, func, select, text, update
@@ -13,6 +14,7 @@ from fleetbatch.domain.registry import Page
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus, counter_column
 from fleetbatch.domain.tasks import Progress, Selector, Task, TaskPolicy, TaskType
 from fleetbatch.store.paging import PageRequest, fetch_page
+from fleetbatch.store.rawsql import RawWrite, fetch_rows
 from fleetbatch.store.schema import task_tags, tasks
 
 ACTIVE_TASK_STATUSES = (
@@ -145,27 +147,47 @@ async def page_tasks(
 
 # One fixed statement for every mix of deltas: it is compiled once, where an expression built
 # per call cost more than the UPDATE itself on the engine's claim and apply paths (measured).
+_COUNTED = ("n_total", "n_removed", *COUNTER_COLUMNS.values())
 _ADD_COUNTS = text(
     "UPDATE tasks SET n_total = n_total + :total, "
     + ", ".join(f"{c} = {c} + :{c}" for c in COUNTER_COLUMNS.values())
-    + " WHERE pk = :pk RETURNING pk, status, n_total, n_removed, "
-    + ", ".join(COUNTER_COLUMNS.values())
+    + " WHERE pk = :pk RETURNING status, "
+    + ", ".join(_COUNTED)
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A task's status and counters right after its counters changed."""
+
+    status: TaskStatus
+    progress: Progress
+
+
 async def add_counts(
-    conn: AsyncConnection, task_pk: int, deltas: Mapping[SubtaskStatus, int], total: int = 0
-) -> Row[Any]:
+    conn: AsyncConnection | RawWrite,
+    task_pk: int,
+    deltas: Mapping[SubtaskStatus, int],
+    total: int = 0,
+) -> Counted:
     """Add to the counters of one task (in the transaction that changed the rows).
 
-    Returns the task's pk, status and counters as they are afterwards. Called last in a
+    Returns the task's status and counters as they are afterwards. Called last in a
     transaction: the task row is the hot row every writer of the task touches.
     """
     params: dict[str, Any] = {column: 0 for column in COUNTER_COLUMNS.values()}
     for status, delta in deltas.items():
         params[COUNTER_COLUMNS[status]] = delta
-    result = await conn.execute(_ADD_COUNTS, {"pk": task_pk, "total": total, **params})
-    return result.one()
+    [row] = await fetch_rows(conn, _ADD_COUNTS, {"pk": task_pk, "total": total, **params})
+    counts = dict(zip(_COUNTED, row[1:], strict=True))
+    return Counted(
+        TaskStatus(row[0]),
+        Progress(
+            total=counts["n_total"],
+            removed=counts["n_removed"],
+            **{status.value: counts[column] for status, column in COUNTER_COLUMNS.items()},
+        ),
+    )
 
 
 async def set_counts(conn: AsyncConnection, task_pk: int, counts: Mapping[str, int]) -> None:
