@@ -251,3 +251,51 @@ async def test_a_rate_limit_spreads_the_claims_over_time(settings: Settings) -> 
         assert len(starts) == 12
         assert starts[-1] - starts[0] >= 1000
         await check_counters(fleet.runtime, done)
+
+
+async def test_a_concurrency_limit_bounds_commands_at_devices_while_the_next_are_claimed(
+    settings: Settings,
+) -> None:
+    # answers after 20 ms: a limit of 4 keeps exactly 4 commands outstanding at a time
+    async with running_fleet(
+        engine_settings(settings), 40, behaviors=["latency=constant:20"]
+    ) as fleet:
+        channel = fleet.server.channel
+        assert channel is not None
+        submit = channel.submit
+        outstanding = peak = 0
+
+        def counting_submit(*args: Any, **kwargs: Any) -> Any:
+            nonlocal outstanding, peak
+            future = submit(*args, **kwargs)
+            outstanding += 1
+            peak = max(peak, outstanding)
+
+            def answered(_: object) -> None:
+                nonlocal outstanding
+                outstanding -= 1
+
+            future.add_done_callback(answered)
+            return future
+
+        channel.submit = counting_submit  # type: ignore[method-assign]
+        task = await fleet.tasks.create(
+            command_task(fleet, "limited", max_concurrency=4), fleet.device_ids
+        )
+        held = 0
+
+        async def done() -> bool:
+            nonlocal held
+            run = fleet.engine.runs.get(task.pk)
+            if run is not None:
+                held = max(held, run.in_flight + len(run.ready))
+            current = await fleet.tasks.get(task.task_id)
+            return current.finished
+
+        await wait_until(done, timeout_s=30)
+        finished = await fleet.tasks.get(task.task_id)
+        assert finished.status is TaskStatus.SUCCESS
+        assert peak == 4
+        # the next ones are claimed while some are at the devices, never more than the limit
+        assert 0 < held <= 8
+        await check_counters(fleet.runtime, finished)

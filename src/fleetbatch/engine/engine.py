@@ -133,6 +133,10 @@ class Engine:
         self.stats = EngineStats()
         self.runs: dict[int, TaskRun] = {}
         self._in_flight = 0
+        self._ready = 0  # claimed subtasks in the runs' `ready` queues, not sent yet
+        self._send_scheduled = False
+        self._send_round = 0
+        self._closing = False
         self._outcomes: list[tuple[TaskRun | None, Outcome]] = []
         self._phases: list[tuple[int, int, str]] = []
         self._late: list[tuple[str, Outcome]] = []
@@ -171,6 +175,7 @@ class Engine:
 
     async def close(self) -> None:
         """Stop dispatching, give answers in flight a moment, apply them, retire this worker."""
+        self._closing = True  # nothing more is sent; what is claimed is handed out again
         loops = {t.get_name(): t for t in self._tasks}
         ingest = loops.pop("fleetbatch-engine-ingest", None)
         for task in loops.values():
@@ -254,17 +259,22 @@ class Engine:
         start = self._round % len(runs)
         progressed = False
         batch = self.config.batch_size
+        limit_all = self.config.max_in_flight
         for run in runs[start:] + runs[:start]:
-            window = self.config.max_in_flight - self._in_flight
-            # claim in batches: with work in flight, wait until a quarter of the window is
-            # free instead of claiming one subtask per answer that frees one slot
-            if window <= 0 or (
-                self._in_flight and window < _low_mark(self.config.max_in_flight, batch)
-            ):
+            # what this worker holds: sent and not answered, plus claimed ahead (as many
+            # again as the window); claim in batches, once a quarter of that is free, not
+            # one subtask per answer
+            held = self._in_flight + self._ready
+            window = 2 * limit_all - held
+            if window <= 0 or (held and window < _low_mark(limit_all, batch)):
                 break
-            room = run.room()
+            room = run.claim_room()
             limit = run.task.policy.max_concurrency
-            if run.in_flight and limit is not None and room < _low_mark(limit, batch):
+            if (
+                (run.in_flight or run.ready)
+                and limit is not None
+                and room < _low_mark(limit, batch)
+            ):
                 continue
             now = time.monotonic()
             wanted = min(batch, window, room, run.allowance(now))
@@ -287,7 +297,9 @@ class Engine:
         request = steps.ClaimRequest(
             task_pk=run.pk,
             limit=wanted,
-            lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
+            # a subtask claimed ahead waits for a slot at most one attempt's timeout (the
+            # ones in flight before it answer or time out by then), then has its own
+            lease_until=now + int((2 * run.timeout_s + LEASE_GRACE_S) * 1000),
             online_only=executor.online_only(run.task),
             phase=executor.claim_phase(run.task),
             retries=run.retries,
@@ -297,10 +309,43 @@ class Engine:
             return 0
         self.stats.claims += 1
         self.stats.claimed += len(claimed)
-        run.in_flight += len(claimed)
-        self._in_flight += len(claimed)
-        executor.dispatch(run, claimed, self.report)
+        run.ready.extend(claimed)
+        self._ready += len(claimed)
+        self._send_ready()
         return len(claimed)
+
+    def _send_ready(self) -> None:
+        """Send claimed subtasks while this worker's window and each task's limit allow."""
+        self._send_scheduled = False
+        if not self._ready or self._closing:
+            return
+        runs = [r for r in self.runs.values() if r.ready]
+        self._send_round += 1
+        start = self._send_round % max(1, len(runs))
+        for i, run in enumerate(runs[start:] + runs[:start]):
+            if run.task.status is not T.PROCESSING:
+                # stopped or finished meanwhile: its claimed subtasks were stopped with it
+                self._drop_ready(run)
+                continue
+            free = self.config.max_in_flight - self._in_flight
+            if free <= 0:
+                break
+            # a fair share of the free slots for each task that has subtasks ready
+            share = -(-free // (len(runs) - i))
+            count = min(share, run.room(), len(run.ready))
+            if count <= 0:
+                continue
+            items = [run.ready.popleft() for _ in range(count)]
+            self._ready -= count
+            run.in_flight += count
+            self._in_flight += count
+            self.executors[run.task.task_type].dispatch(run, items, self.report)  # type: ignore[union-attr]
+
+    def _drop_ready(self, run: TaskRun) -> None:
+        """Forget a run's unsent subtasks (its task stopped or finished; in the store they
+        were stopped with it, or are handed out again when this worker's lease ends)."""
+        self._ready -= len(run.ready)
+        run.ready.clear()
 
     async def _run_store_batch(self, run: TaskRun, executor: StoreExecutor, wanted: int) -> int:
         now = self.clock.now_ms()
@@ -344,6 +389,11 @@ class Engine:
         if run is not None:
             run.in_flight -= 1
             self._in_flight -= 1
+            if self._ready and not self._send_scheduled:
+                # a slot is free: send what is claimed once this callback round is over
+                # (never from inside an executor's own dispatch)
+                self._send_scheduled = True
+                asyncio.get_running_loop().call_soon(self._send_ready)
         self._outcomes.append((run, outcome))
         self._flush_wanted.set()
         self._wake.set()
@@ -546,7 +596,9 @@ class Engine:
     def _finished(self, task: Task, status: TaskStatus) -> None:
         self.stats.finished_tasks += 1
         log.info("task.finished task_id=%s status=%s", task.task_id, status.value)
-        self.runs.pop(task.pk, None)
+        run = self.runs.pop(task.pk, None)
+        if run is not None:
+            self._drop_ready(run)
         for listener in self._listeners:
             listener(task, status)
 
@@ -606,6 +658,9 @@ class Engine:
             else:
                 run.task = task
             fresh[task.pk] = run
+        for pk, gone in self.runs.items():
+            if pk not in fresh:
+                self._drop_ready(gone)
         self.runs = fresh
 
     async def _listen_loop(self) -> None:

@@ -11,6 +11,7 @@ Upgrades (a later issue) are device executors with several steps per subtask.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -31,6 +32,9 @@ class TaskRun:
     task: Task
     timeout_s: float
     in_flight: int = 0
+    # claimed by this worker and not sent yet: the next batch, claimed while the last one
+    # is in flight so that no device waits on a claim's round trip to the database
+    ready: deque[Claimed] = field(default_factory=deque)
     # no due subtask was left at the last claim; cleared by the sweeper and by wake-ups
     idle: bool = False
     # a fail_wait_retry subtask may be due: the counters showed some at the last applied
@@ -72,6 +76,13 @@ class TaskRun:
         """How many more subtasks the task's concurrency limit allows in flight now."""
         limit = self.task.policy.max_concurrency
         return 1 << 30 if limit is None else max(0, limit - self.in_flight)
+
+    def claim_room(self) -> int:
+        """How many more subtasks this worker may hold for the task (in flight or ready):
+        its concurrency limit in flight, and as many again claimed ahead."""
+        limit = self.task.policy.max_concurrency
+        held = self.in_flight + len(self.ready)
+        return 1 << 30 if limit is None else max(0, 2 * limit - held)
 
     def allowance(self, now: float) -> int:
         """How many subtasks the task's rate limit allows now (refilled continuously)."""
