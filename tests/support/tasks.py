@@ -76,15 +76,9 @@ async def snapshot(store: Store, task_pk: int) -> Snapshot:
     assert progress.total == len(rows), "n_total differs from the number of rows"
     states = {}
     for r in rows:
-        m = r._mapping
-        states[m["target"]] = SubtaskState(
-            id=m["id"],
-            target=m["target"],
-            status=SubtaskStatus(m["status"]),
-            attempt=m["attempt"],
-            failures=m["failures"],
-            device_pk=m["device_pk"],
-            error_code=m["error_code"],
+        s = subtask_rows.subtask_from_row(r)
+        states[s.target] = SubtaskState(
+            s.id, s.target, s.status, s.attempt, s.failures, s.device_pk, s.error_code
         )
     return Snapshot(TaskStatus(row.status), progress, states)
 
