@@ -194,6 +194,17 @@ class PostgresServer:
             raise RuntimeError(f"psql failed ({result.returncode}) on {sql!r}: {result.stderr}")
         return result.stdout.strip()
 
+    def restart(self) -> None:
+        """Stop the server at once and start it again on the same port, data kept: every
+        connection to it is cut."""
+        self._run_as_server(
+            ["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"],
+            timeout_s=STOP_TIMEOUT_S,
+            check=False,
+        )
+        self._running = False
+        self._start_postmaster()
+
     def stop(self) -> None:
         """Stop the server at once (the data is thrown away) and remove its directory."""
         try:
