@@ -130,27 +130,28 @@ class Store:
                 yield conn
 
     @contextlib.asynccontextmanager
-    async def raw_write(self) -> AsyncIterator[AsyncConnection | RawWrite]:
+    async def raw_write(self) -> AsyncIterator[RawWrite]:
         """A write transaction for the engine's hot statements (`store.rawsql`).
 
-        On SQLite the statements go straight to the pooled driver connection, one call to
-        its thread each; on PostgreSQL this is `write()`.
+        The statements go straight to the pooled driver connection, one driver call each,
+        under the same rules as `write()`: `BEGIN IMMEDIATE` and the in-process writer lock
+        on SQLite. A connection whose statement failed is dropped from the pool.
         """
-        if self._write_lock is None:
-            async with self.write() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.connect() as conn:
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             assert driver is not None  # an open pooled connection has one
-            tx = RawWrite(driver)
-            await tx.run("BEGIN IMMEDIATE")
+            tx = RawWrite(self.dialect, driver)
+            await tx.run("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
                 yield tx
             except BaseException:
-                # were this cut short too, the pool's rollback at check-in still ends it
-                await tx.run("ROLLBACK")
+                try:
+                    # were this cut short too, the pool's rollback at check-in still ends it
+                    await tx.run("ROLLBACK")
+                except DBAPIError:
+                    await conn.invalidate()
                 raise
             await tx.run("COMMIT")
 

@@ -39,7 +39,7 @@ from fleetbatch.domain.registry import DeviceStatus, Page
 from fleetbatch.domain.states import TERMINAL_SUBTASK_STATUSES, SubtaskStatus
 from fleetbatch.domain.tasks import ErrorCode, Selector, SelectorKind, Subtask
 from fleetbatch.store.paging import PageRequest
-from fleetbatch.store.rawsql import RawWrite, fetch_rows
+from fleetbatch.store.rawsql import RawWrite, dialect_of, fetch_rows
 from fleetbatch.store.schema import devices, group_members, subtasks
 
 S = SubtaskStatus
@@ -257,7 +257,7 @@ async def claim(
     phase: str | None = None,
 ) -> list[Claimed]:
     """Hand up to `limit` due subtasks in `from_status` to this worker for a new attempt."""
-    dialect = "sqlite" if isinstance(conn, RawWrite) else conn.dialect.name
+    dialect = dialect_of(conn)
     params = {
         "task_pk": task_pk,
         "from_status": from_status.value,
@@ -364,9 +364,10 @@ UPDATE subtasks SET
   claimed_by = NULL,
   lease_until = NULL,
   updated_at = CAST(:now AS BIGINT)
-FROM unnest(:ids, :attempts, :statuses, :outputs, :codes, :messages, :phases, :budgets,
-            :retry_at) AS v(id, attempt, status, output, error_code, error_msg, phase, budget,
-            retry_at)
+FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[]), CAST(:statuses AS TEXT[]),
+            CAST(:outputs AS TEXT[]), CAST(:codes AS TEXT[]), CAST(:messages AS TEXT[]),
+            CAST(:phases AS TEXT[]), CAST(:budgets AS INTEGER[]), CAST(:retry_at AS BIGINT[]))
+  AS v(id, attempt, status, output, error_code, error_msg, phase, budget, retry_at)
 WHERE subtasks.id = v.id AND subtasks.attempt = v.attempt AND subtasks.status = 'processing'
 RETURNING subtasks.task_pk, subtasks.status
 """
@@ -394,7 +395,7 @@ async def apply_outcomes(
     if not outcomes:
         return {}
     rows: Sequence[Sequence[Any]]
-    if not isinstance(conn, RawWrite) and conn.dialect.name == "postgresql":
+    if dialect_of(conn) == "postgresql":
         params: dict[str, Any] = {
             "now": now_ms,
             "ids": [o.id for o in outcomes],
@@ -407,7 +408,7 @@ async def apply_outcomes(
             "budgets": [o.retry_budget for o in outcomes],
             "retry_at": [o.retry_at for o in outcomes],
         }
-        rows = (await conn.execute(_APPLY_POSTGRES, params)).all()
+        rows = await fetch_rows(conn, _APPLY_POSTGRES, params)
     else:
         payload = orjson.dumps(
             [
