@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     db_timeout_s: float = Field(30.0, gt=0)
     default_throttle_per_min: int = Field(100, ge=1)
+    legacy_max_unfinished_tasks: int = Field(
+        1,
+        ge=1,
+        description="Legacy batch tasks an app may have unfinished at once (S003: 105001 "
+        "from the first unfinished one).",
+    )
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     broker: str | None = Field(

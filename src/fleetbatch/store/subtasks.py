@@ -584,12 +584,22 @@ async def rows_by_id(conn: AsyncConnection, ids: Sequence[int]) -> list[Subtask]
 # --- reads ------------------------------------------------------------------------------
 
 
-def _filters(task_pk: int, status: SubtaskStatus | None, target: str | None) -> list[Any]:
+def _filters(
+    task_pk: int,
+    status: SubtaskStatus | None,
+    target: str | None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
+) -> list[Any]:
     where: list[Any] = [s.task_pk == task_pk]
     if status is not None:
         where.append(s.status == status.value)
+    if statuses is not None:
+        where.append(s.status.in_(sorted({x.value for x in statuses})))
     if target is not None:
         where.append(s.target == target)
+    if subtask_id is not None:
+        where.append(s.id == subtask_id)
     return where
 
 
@@ -636,10 +646,15 @@ async def page_by_number(
     *,
     status: SubtaskStatus | None = None,
     target: str | None = None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
     known_count: int | None = None,
 ) -> Page[Subtask]:
-    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists)."""
-    where = _filters(task_pk, status, target)
+    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists).
+
+    `statuses`: any of these states; `subtask_id`: that subtask only.
+    """
+    where = _filters(task_pk, status, target, statuses, subtask_id)
     rows = (
         await conn.execute(
             select(subtasks)
