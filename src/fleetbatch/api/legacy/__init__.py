@@ -1,15 +1,15 @@
 """The legacy OceanConnect northbound dialect (`/iocm/app/...`), spec: oceanconnect-legacy.
 
-Routers: `sec` (login, refresh, logout), `batch` (batch tasks). Every route answers
-failures with the legacy error body (`errors`), checks the caller (`common.authenticate`)
-and reads its input leniently, as the legacy SDKs need.
+Routers: `sec` (login, refresh, logout), `batch` (batch tasks), `commands` (single-device
+commands). Every route answers failures with the legacy error body (`errors`), checks
+the caller (`common.authenticate`) and reads its input leniently, as the legacy SDKs need.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleetbatch.api.legacy import batch, sec
+from fleetbatch.api.legacy import batch, commands, sec
 
 
 def legacy_router() -> APIRouter:
@@ -17,6 +17,7 @@ def legacy_router() -> APIRouter:
     router = APIRouter()
     router.include_router(sec.router)
     router.include_router(batch.router)
+    router.include_router(commands.router)
     return router
 
 
