@@ -78,6 +78,8 @@ class OutboxDelivery:
         self.stats = OutboxStats()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        # row ids this process holds (waiting for a URL slot or being sent)
+        self._holding: set[int] = set()
         self._http = httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False)
 
     async def run(self) -> None:
@@ -102,18 +104,33 @@ class OutboxDelivery:
             return 0
         now = self.clock.now_ms()
         # the lease covers the wait for a per-URL slot and the request itself
-        lease_ms = int(max(self.config.lease_s, self.config.timeout_s) * 1000)
+        lease_ms = int(self._lease_s * 1000)
         async with self.store.write() as conn:
             rows = await outbox_rows.claim_due(conn, self.worker_id, now, now + lease_ms, room)
         for row in rows:
+            if row.id in self._holding:
+                continue  # its lease ran out while it waited for a slot here: still ours
+            self._holding.add(row.id)
             task = asyncio.create_task(self._deliver(row), name=f"outbox-{row.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return len(rows)
 
     async def _deliver(self, row: OutboxRow) -> None:
+        try:
+            await self._deliver_held(row)
+        finally:
+            self._holding.discard(row.id)
+
+    async def _deliver_held(self, row: OutboxRow) -> None:
         limit = self._limits.setdefault(row.url, asyncio.Semaphore(self.config.per_url))
         async with limit:
+            # the wait for a slot may have outlasted the lease: renew it, or leave the row
+            # to whoever took it over meanwhile
+            lease_until = self.clock.now_ms() + int(self._lease_s * 1000)
+            async with self.store.write() as conn:
+                if not await outbox_rows.renew(conn, row.id, self.worker_id, lease_until):
+                    return
             error = await self._post(row)
         try:
             async with self.store.write() as conn:
@@ -135,6 +152,11 @@ class OutboxDelivery:
         finally:
             if len(self._limits) > 10_000 and not limit.locked():
                 self._limits.pop(row.url, None)
+
+    @property
+    def _lease_s(self) -> float:
+        # a lease shorter than one request would hand a row out again while it is sent
+        return max(self.config.lease_s, self.config.timeout_s * 2)
 
     async def _post(self, row: OutboxRow) -> str | None:
         """None when the URL answered 2xx; otherwise why not."""

@@ -101,6 +101,16 @@ async def claim_due(
     return [OutboxRow(r.id, r.url, r.body, r.attempts) for r in claimed.all()]
 
 
+async def renew(conn: AsyncConnection, row_id: int, worker_id: str, lease_until: int) -> bool:
+    """Extend this worker's lease of a row right before sending it; False if it lost it."""
+    result = await conn.execute(
+        update(outbox)
+        .where(o.id == row_id, o.claimed_by == worker_id, o.delivered_at.is_(None))
+        .values(lease_until=lease_until)
+    )
+    return bool(result.rowcount)
+
+
 async def mark_delivered(conn: AsyncConnection, row_id: int, worker_id: str, now_ms: int) -> None:
     """The row reached its URL (a 2xx answer)."""
     await conn.execute(
