@@ -19,16 +19,27 @@ from fleetbatch.domain.tasks import TaskType
 from fleetbatch.runtime import Runtime
 from fleetbatch.sdk.legacy import (
     Authentication,
+    AuthOutDTO,
+    AuthRefreshInDTO,
     BatchProcess,
     BatchTaskCreateInDTO,
     CommandDTO,
+    CommandDTOV4,
+    CreateDeviceCmdCancelTaskInDTO,
+    DeviceUpgrade,
     NorthApiClient,
     NorthApiException,
     ObjectNode,
+    PostDeviceCommandInDTO,
+    QueryDeviceCommandInDTO,
     QueryOneTaskOutDTO,
     QueryTaskDetailsInDTO,
     QueryTaskDetailsOutDTO,
+    QueryUpgradeSubTaskInDTO,
+    SignalDelivery,
     TagDTO2,
+    UpdateDeviceCommandInDTO,
+    set_default_client,
 )
 from fleetbatch.settings import Settings
 from fleetbatch.sim import FleetDevice, Simulator
@@ -148,6 +159,8 @@ async def test_sdk_and_raw_http_drive_batch_tasks_on_a_served_fleet(settings: Se
                 await call(batch.queryOneTask, task_ids[0], None, None, "not-a-token")
             assert (raised.value.httpStatus, raised.value.error_code) == (403, "1010005")
 
+            await sdk_commands_round(client, app.app_id, app.secret, ids[0], server.https_port)
+
             # raw HTTP, in the forms the legacy SDKs send, on both listeners
             for base, verify in ((server.https_url, ca), (server.http_url, True)):
                 await raw_http_round(base, verify, app.app_id, app.secret, ids)
@@ -162,6 +175,58 @@ async def test_sdk_and_raw_http_drive_batch_tasks_on_a_served_fleet(settings: Se
             assert task.task_type is TaskType.CREATE_ASYNC_COMMANDS
             assert task.source == "legacy"
             assert task.finished
+
+
+async def sdk_commands_round(
+    client: NorthApiClient, app_id: str, secret: str, device_id: str, https_port: int
+) -> None:
+    """SignalDelivery, token refresh, the clientInfo login and an error of DeviceUpgrade."""
+    # the original's way: a clientInfo dict, certificate not checked; it becomes the default
+    info = {"platformIp": LOOPBACK, "platformPort": str(https_port), "appId": app_id,
+            "secret": secret}  # fmt: skip
+    login = AuthOutDTO.from_json(await call(Authentication().getAuthToken, info))
+    assert (login.tokenType, login.expiresIn, login.scope) == ("bearer", 3600, "default")
+    try:
+        refreshed = AuthOutDTO.from_json(
+            await call(
+                Authentication().refreshAuthToken,
+                AuthRefreshInDTO(appId=app_id, secret=secret, refreshToken=login.refreshToken),
+            )
+        )
+        token = refreshed.accessToken
+        assert token
+        signal = SignalDelivery()  # the default client the login set
+        command = PostDeviceCommandInDTO(
+            deviceId=device_id, command=CommandDTOV4(serviceId="svc", method="ping", paras={})
+        )
+        record = json.loads(await call(signal.postDeviceCommand, command, None, token))
+        assert record["deviceId"] == device_id
+
+        async def successful() -> bool:
+            query = QueryDeviceCommandInDTO(deviceId=device_id, pageNo=0, pageSize=10)
+            page = json.loads(await call(signal.queryDeviceCommand, query, token))
+            return any(
+                c["commandId"] == record["commandId"] and c["status"] == "SUCCESSFUL"
+                for c in page["data"]
+            )
+
+        await wait_until(successful, timeout_s=30, message="the SDK's command succeeded")
+        cancel = UpdateDeviceCommandInDTO(status="CANCELED")
+        with pytest.raises(NorthApiException) as raised:
+            await call(signal.updateDeviceCommand, cancel, record["commandId"], None, token)
+        assert (raised.value.httpStatus, raised.value.error_code) == (400, "100022")
+        cancel_task = CreateDeviceCmdCancelTaskInDTO(deviceId=device_id)
+        canceled = json.loads(
+            await call(signal.createDeviceCmdCancelTask, cancel_task, None, token)
+        )
+        assert canceled["totalCount"] == 0
+        # the upgrade server side comes with its own issue: the call reaches it and fails
+        query_sub = QueryUpgradeSubTaskInDTO(pageNo=0, pageSize=10)
+        with pytest.raises(NorthApiException) as raised:
+            await call(DeviceUpgrade(client).queryUpgradeSubTask, query_sub, "0" * 24, token)
+        assert raised.value.httpStatus == 404
+    finally:
+        set_default_client(None)
 
 
 async def raw_http_round(

@@ -112,48 +112,29 @@ def fail(api: Api, status: int, code: str, detail: str | None = None) -> LegacyE
 
 
 # How each error family answers, per call family (spec §5 "fleetbatch mapping"). The most
-# specific class wins; `AlreadyExists` is told apart by what already exists.
+# specific class wins; `AlreadyExists` is told apart by what already exists (`translate`).
+_QUERY_FAMILIES: Mapping[type[FleetbatchError], tuple[int, str]] = {
+    InvalidInput: (400, "100022"),
+    NotFound: (404, "105005"),
+    Conflict: (400, "100022"),
+    AlreadyExists: (400, "100022"),
+    LimitExceeded: (403, THROTTLED),
+    AuthFailed: (403, INVALID_TOKEN),
+    Unavailable: (500, INTERNAL),
+    FleetbatchError: (500, INTERNAL),
+}
 FAMILIES: Mapping[Api, Mapping[type[FleetbatchError], tuple[int, str]]] = {
-    Api.QUERY: {
-        InvalidInput: (400, "100022"),
-        NotFound: (404, "105005"),
-        Conflict: (400, "100022"),
-        AlreadyExists: (400, "100022"),
-        LimitExceeded: (403, THROTTLED),
-        AuthFailed: (403, INVALID_TOKEN),
-        Unavailable: (500, INTERNAL),
-        FleetbatchError: (500, INTERNAL),
-    },
+    Api.QUERY: _QUERY_FAMILIES,
     Api.CREATE: {
+        **_QUERY_FAMILIES,
         InvalidInput: (400, "50400"),
         NotFound: (200, "101001"),
         Conflict: (400, "50400"),
         AlreadyExists: (400, "105201"),
         LimitExceeded: (200, "105001"),
-        AuthFailed: (403, INVALID_TOKEN),
-        Unavailable: (500, INTERNAL),
-        FleetbatchError: (500, INTERNAL),
     },
-    Api.AUTH: {
-        InvalidInput: (400, "100022"),
-        NotFound: (401, "100208"),
-        Conflict: (400, "100022"),
-        AlreadyExists: (400, "100022"),
-        LimitExceeded: (403, THROTTLED),
-        AuthFailed: (401, "100208"),
-        Unavailable: (500, INTERNAL),
-        FleetbatchError: (500, INTERNAL),
-    },
-    Api.COMMANDS: {
-        InvalidInput: (400, "100022"),
-        NotFound: (404, "100403"),
-        Conflict: (400, "100022"),
-        AlreadyExists: (400, "100022"),
-        LimitExceeded: (403, THROTTLED),
-        AuthFailed: (403, INVALID_TOKEN),
-        Unavailable: (500, INTERNAL),
-        FleetbatchError: (500, INTERNAL),
-    },
+    Api.AUTH: {**_QUERY_FAMILIES, NotFound: (401, "100208"), AuthFailed: (401, "100208")},
+    Api.COMMANDS: {**_QUERY_FAMILIES, NotFound: (404, "100403")},
 }
 
 
