@@ -113,6 +113,20 @@ async def test_commands_are_sent_held_canceled_and_paged(settings: Settings) -> 
         body = cancel_task.json()
         assert (body["deviceId"], body["totalCount"]) == (offline.device_id, 2)
         assert {c["status"] for c in body["deviceCommands"]} == {"CANCELED"}
+        listed = await client.get(
+            f"{CMD}/deviceCommandCancelTasks?&deviceId={offline.device_id}", headers=sent
+        )
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["pagination"]["totalSize"] == 1
+        (kept,) = listed.json()["data"]
+        assert kept == {**body, "deviceCommands": kept["deviceCommands"]}
+        assert [c["commandId"] for c in kept["deviceCommands"]] == [
+            c["commandId"] for c in body["deviceCommands"]
+        ]
+        by_id = await client.get(
+            f"{CMD}/deviceCommandCancelTasks", headers=sent, params={"taskId": body["taskId"]}
+        )
+        assert by_id.json()["pagination"]["totalSize"] == 1
 
         # paging: newest first, page sizes 1 and 1000, time filters
         page = (await client.get(commands, headers=sent, params={"pageSize": 1})).json()

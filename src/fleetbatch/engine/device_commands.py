@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
+from fleetbatch.domain.ids import ObjectIdGenerator
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
 from fleetbatch.domain.tasks import NewTask, Subtask, Task, TaskPolicy, TaskType
 from fleetbatch.engine.service import TaskService
@@ -26,6 +27,8 @@ from fleetbatch.store import device_commands as command_rows
 SOURCE = "device_command"
 PENDING = "PENDING"
 CANCELED = "CANCELED"
+# a cancel task is carried out when it is made
+CANCEL_DONE = "SUCCESS"
 # legacy v1.4.0: a command waits this long for its device unless told otherwise (48 h)
 DEFAULT_EXPIRE_S = 48 * 3600
 MAX_EXPIRE_S = 48 * 3600
@@ -87,11 +90,24 @@ def command_from(task: Task, subtask: Subtask) -> DeviceCommand:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """A request to cancel a device's pending commands, carried out when made."""
+
+    task_id: str
+    app_id: str
+    device_id: str
+    status: str
+    commands: tuple[DeviceCommand, ...]
+    created_at: int
+
+
 class DeviceCommands:
     """Send, read, page and cancel single-device commands."""
 
     def __init__(self, tasks: TaskService) -> None:
         self.tasks = tasks
+        self._ids = ObjectIdGenerator()
 
     async def send(
         self,
@@ -183,7 +199,70 @@ class DeviceCommands:
             await self.tasks.stop(command_id)
         return await self.get(app_id, command_id)
 
-    async def cancel_device(self, app_id: str, device_id: str) -> Sequence[DeviceCommand]:
+    async def cancel_device(self, app_id: str, device_id: str) -> CancelTask:
+        """Cancel every PENDING command of a device, as a cancel task kept for listing."""
+        commands = await self._cancel_pending(app_id, device_id)
+        task = CancelTask(
+            task_id=self._ids.new(),
+            app_id=app_id,
+            device_id=device_id,
+            status=CANCEL_DONE,
+            commands=tuple(commands),
+            created_at=self.tasks.clock.now_ms(),
+        )
+        async with self.tasks.store.write() as conn:
+            await command_rows.insert_cancel_task(
+                conn,
+                task_id=task.task_id,
+                app_id=app_id,
+                device_id=device_id,
+                status=task.status,
+                command_ids=[c.command_id for c in commands],
+                now_ms=task.created_at,
+            )
+        return task
+
+    async def cancel_tasks(
+        self,
+        app_id: str,
+        page_no: int,
+        page_size: int,
+        *,
+        task_id: str | None = None,
+        device_id: str | None = None,
+        status: str | None = None,
+        created_from_ms: int | None = None,
+        created_to_ms: int | None = None,
+    ) -> tuple[int, list[CancelTask]]:
+        """(total, page `page_no` from 0) of the app's cancel tasks, newest first."""
+        async with self.tasks.store.read() as conn:
+            total, rows = await command_rows.page_cancel_tasks(
+                conn,
+                app_id=app_id,
+                page_no=page_no,
+                page_size=page_size,
+                task_id=task_id,
+                device_id=device_id,
+                status=status,
+                created_from_ms=created_from_ms,
+                created_to_ms=created_to_ms,
+            )
+            ids = [i for row in rows for i in orjson.loads(row.command_ids)]
+            found = await command_rows.command_rows(conn, source=SOURCE, task_ids=ids)
+        commands = {task.task_id: command_from(task, sub) for task, sub in found}
+        return total, [
+            CancelTask(
+                task_id=row.task_id,
+                app_id=row.app_id,
+                device_id=row.device_id,
+                status=row.status,
+                commands=tuple(commands[i] for i in orjson.loads(row.command_ids) if i in commands),
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    async def _cancel_pending(self, app_id: str, device_id: str) -> Sequence[DeviceCommand]:
         """Cancel every PENDING command of a device; the commands canceled."""
         canceled = []
         page_no = 0

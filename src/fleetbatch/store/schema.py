@@ -326,3 +326,17 @@ outbox = Table(
     Column("delivered_at", BigInteger),
     Index(None, "delivered_at", "due_at"),
 )
+
+# A request to cancel a device's pending commands (legacy deviceCommandCancelTasks): done at
+# once, kept so it can be listed; `command_ids` is the JSON list of the commands canceled.
+command_cancel_tasks = Table(
+    "command_cancel_tasks",
+    metadata,
+    Column("task_id", String(24), primary_key=True),
+    Column("app_id", ForeignKey("apps.app_id"), nullable=False),
+    Column("device_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("command_ids", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "app_id", "created_at"),
+)

@@ -1,7 +1,8 @@
 """`/iocm/app/cmd/v1.4.0`: single-device commands (spec: oceanconnect-legacy §3).
 
 A thin mapping over `engine.device_commands`: create (201 + the command record), page,
-cancel one (PUT status CANCELED), cancel a device's pending commands (a cancel task).
+cancel one (PUT status CANCELED), cancel a device's pending commands (a cancel task),
+list cancel tasks.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from fleetbatch.api.legacy.common import (
 from fleetbatch.api.legacy.errors import Api, fail, translate
 from fleetbatch.api.legacy.schemas import CommandDTO, Wire, first_problem
 from fleetbatch.domain.errors import FleetbatchError, NotFound
-from fleetbatch.domain.ids import is_hex24, new_object_id
+from fleetbatch.domain.ids import is_hex24
 from fleetbatch.domain.timefmt import from_compact, to_compact
 from fleetbatch.engine import device_commands as dc
-from fleetbatch.engine.device_commands import DeviceCommand, DeviceCommands
+from fleetbatch.engine.device_commands import CancelTask, DeviceCommand, DeviceCommands
 
 router = APIRouter(prefix="/iocm/app/cmd/v1.4.0", route_class=LegacyRoute)
 
@@ -191,15 +192,46 @@ async def create_cancel_task(request: Request) -> Response:
         raise fail(API, 400, "100022", "deviceId is required")
     await _own_device(request, caller.acting_app_id, device_id)
     with mapped(API):
-        canceled = await commands_of(request).cancel_device(caller.acting_app_id, device_id)
+        task = await commands_of(request).cancel_device(caller.acting_app_id, device_id)
+    return json_response(cancel_task_view(task), 201)
+
+
+def cancel_task_view(task: CancelTask) -> dict[str, Any]:
+    """A cancel task (spec §3.3: taskId, appId, deviceId, status, totalCount, deviceCommands)."""
+    return {
+        "taskId": task.task_id,
+        "appId": task.app_id,
+        "deviceId": task.device_id,
+        "status": task.status,
+        "totalCount": len(task.commands),
+        "deviceCommands": [command_view(c) for c in task.commands],
+    }
+
+
+@router.get("/deviceCommandCancelTasks")
+@router.get("/deviceCommandCancelTasks/", include_in_schema=False)
+async def query_cancel_tasks(request: Request) -> Response:
+    """Cancel tasks newest first: pageNo, pageSize 1-1000, taskId, deviceId, status, times."""
+    caller = await authenticate(request, API, query_value(request, "appId"))
+    page_no = query_int(request, "pageNo", API, "100022", default=0, low=0, high=10**9)
+    page_size = query_int(
+        request, "pageSize", API, "100022", default=MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
+    )
+    start, end = _time_filter(request, "startTime"), _time_filter(request, "endTime")
+    with mapped(API):
+        total, tasks = await commands_of(request).cancel_tasks(
+            caller.acting_app_id,
+            page_no,
+            page_size,
+            task_id=query_value(request, "taskId"),
+            device_id=query_value(request, "deviceId"),
+            status=query_value(request, "status"),
+            created_from_ms=start,
+            created_to_ms=end,
+        )
     return json_response(
         {
-            "taskId": new_object_id(),
-            "appId": caller.acting_app_id,
-            "deviceId": device_id,
-            "status": "SUCCESS",
-            "totalCount": len(canceled),
-            "deviceCommands": [command_view(c) for c in canceled],
-        },
-        201,
+            "pagination": {"pageNo": page_no, "pageSize": page_size, "totalSize": total},
+            "data": [cancel_task_view(t) for t in tasks],
+        }
     )

@@ -1,4 +1,4 @@
-"""legacy northbound API: tokens, per-app call counters, the callback outbox
+"""legacy northbound API: tokens, per-app call counters, the callback outbox, cancel tasks
 
 Revision ID: 0003
 Revises: 0002
@@ -68,8 +68,29 @@ def upgrade() -> None:
             unique=False,
         )
 
+    op.create_table(
+        "command_cancel_tasks",
+        sa.Column("task_id", sa.String(length=24), nullable=False),
+        sa.Column("app_id", sa.String(length=36), nullable=False),
+        sa.Column("device_id", sa.String(length=128), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("command_ids", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["app_id"], ["apps.app_id"], name=op.f("fk_command_cancel_tasks_app_id_apps")
+        ),
+        sa.PrimaryKeyConstraint("task_id", name=op.f("pk_command_cancel_tasks")),
+    )
+    with op.batch_alter_table("command_cancel_tasks", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_command_cancel_tasks_app_id_command_cancel_tasks_created_at"),
+            ["app_id", "created_at"],
+            unique=False,
+        )
+
 
 def downgrade() -> None:
+    op.drop_table("command_cancel_tasks")
     op.drop_table("outbox")
     op.drop_table("api_calls")
     op.drop_table("legacy_tokens")
