@@ -34,6 +34,9 @@ DELIVERY_HEADER = "X-Fleetbatch-Delivery"
 # rows leased per round; deliveries in flight at most
 CLAIM_BATCH = 100
 MAX_IN_FLIGHT = 200
+# delivered rows are kept this long (for operators), then dropped, checked this often
+KEEP_DELIVERED_MS = 24 * 3600 * 1000
+PURGE_EVERY_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class OutboxDelivery:
         self._in_flight: set[asyncio.Task[None]] = set()
         # row ids this process holds (waiting for a URL slot or being sent)
         self._holding: set[int] = set()
+        self._purged_at = 0
         self._http = httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False)
 
     async def run(self) -> None:
@@ -103,6 +107,13 @@ class OutboxDelivery:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             return 0
         now = self.clock.now_ms()
+        if now - self._purged_at >= PURGE_EVERY_MS:
+            self._purged_at = now
+            async with self.store.write() as conn:
+                await outbox_rows.purge_delivered(conn, now - KEEP_DELIVERED_MS)
+        async with self.store.read() as conn:
+            if not await outbox_rows.any_due(conn, now):
+                return 0
         # the lease covers the wait for a per-URL slot and the request itself
         lease_ms = int(self._lease_s * 1000)
         async with self.store.write() as conn:

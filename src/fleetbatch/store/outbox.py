@@ -80,12 +80,22 @@ async def enqueue_command_changes(
     return len(values)
 
 
+def _due(now_ms: int) -> Any:
+    free = or_(o.lease_until.is_(None), o.lease_until < now_ms)
+    return (o.delivered_at.is_(None), o.due_at <= now_ms, free)
+
+
+async def any_due(conn: AsyncConnection, now_ms: int) -> bool:
+    """Whether a row waits for delivery now (a read, so an idle poll takes no write lock)."""
+    return (await conn.execute(select(o.id).where(*_due(now_ms)).limit(1))).first() is not None
+
+
 async def claim_due(
     conn: AsyncConnection, worker_id: str, now_ms: int, lease_until: int, limit: int
 ) -> list[OutboxRow]:
     """Lease up to `limit` undelivered rows that are due (or whose lease ran out)."""
-    free = or_(o.lease_until.is_(None), o.lease_until < now_ms)
-    candidates = select(o.id).where(o.delivered_at.is_(None), o.due_at <= now_ms, free)
+    due = _due(now_ms)
+    candidates = select(o.id).where(*due)
     candidates = candidates.order_by(o.due_at, o.id).limit(limit)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
@@ -94,7 +104,7 @@ async def claim_due(
         return []
     claimed = await conn.execute(
         update(outbox)
-        .where(o.id.in_(ids), o.delivered_at.is_(None), free)
+        .where(o.id.in_(ids), *due)
         .values(claimed_by=worker_id, lease_until=lease_until)
         .returning(o.id, o.url, o.body, o.attempts)
     )
@@ -141,6 +151,13 @@ async def mark_failed(
             last_error=error[:500],
         )
     )
+
+
+async def purge_delivered(conn: AsyncConnection, before_ms: int, limit: int = 5000) -> int:
+    """Drop up to `limit` rows delivered before `before_ms`; how many."""
+    old = select(o.id).where(o.delivered_at < before_ms).limit(limit)
+    result = await conn.execute(outbox.delete().where(o.id.in_(old)))
+    return max(result.rowcount, 0)
 
 
 async def counts(conn: AsyncConnection) -> dict[str, Any]:
