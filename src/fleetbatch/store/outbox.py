@@ -18,11 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.ids import format_record_id
 from fleetbatch.domain.outbox import NOTIFIED_PHASES, command_status_body
+from fleetbatch.domain.tasks import DEVICE_COMMAND_SOURCE
 from fleetbatch.store.schema import outbox, subtasks, tasks
 
 o = outbox.c
-# single-device commands are known by their task id; a batch subtask by its record id
-DEVICE_COMMAND_SOURCE = "device_command"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,7 @@ async def enqueue_command_changes(
         return 0
     values = []
     for row in rows:
+        # a single-device command is known by its task id, a batch subtask by its record id
         command_id = (
             row.task_id if row.source == DEVICE_COMMAND_SOURCE else format_record_id(row.id)
         )
