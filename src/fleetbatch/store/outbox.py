@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.ids import format_record_id
-from fleetbatch.domain.outbox import NOTIFIED_PHASES, command_status_body
+from fleetbatch.domain.outbox import NOTIFIED_PHASES, command_status_body, result_detail
 from fleetbatch.domain.tasks import DEVICE_COMMAND_SOURCE
 from fleetbatch.store.schema import outbox, subtasks, tasks
 
@@ -65,7 +65,7 @@ async def enqueue_command_changes(
         command_id = (
             row.task_id if row.source == DEVICE_COMMAND_SOURCE else format_record_id(row.id)
         )
-        detail = orjson.loads(row.output) if row.output else None
+        detail = result_detail(orjson.loads(row.output)) if row.output else None
         body = command_status_body(row.target, command_id, row.phase, detail)
         values.append(
             {
