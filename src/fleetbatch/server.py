@@ -33,6 +33,7 @@ import uvicorn.config
 from fastapi import FastAPI
 
 from fleetbatch.api import Phase, create_app, set_phase
+from fleetbatch.clock import Clock
 from fleetbatch.devices.authenticator import DeviceAuthenticator
 from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.devices.presence import PresenceRecorder
@@ -40,6 +41,7 @@ from fleetbatch.devices.transport import BuiltinTransport
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.engine.engine import Engine, EngineConfig
 from fleetbatch.engine.executors import build_executors
+from fleetbatch.engine.outbox import OutboxConfig, OutboxDelivery
 from fleetbatch.engine.shadow_reports import ShadowRecorder
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
@@ -76,8 +78,10 @@ class Server:
     bound ports (port 0 picks a free one) are `http_port` and `https_port` once started.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        # the services' clock (tests move it forward); the system clock by default
+        self.clock = clock
         self.runtime: Runtime | None = None
         self.app: FastAPI | None = None
         self.tls: TlsFiles | None = None
@@ -92,6 +96,7 @@ class Server:
         self.authenticator: DeviceAuthenticator | None = None
         self.engine: Engine | None = None
         self.shadows: ShadowRecorder | None = None
+        self.outbox: OutboxDelivery | None = None
         self._began = False
         self._stopped = False
 
@@ -152,10 +157,11 @@ class Server:
         try:
             # RSA key generation on first start takes a while: keep it off the loop
             self.tls = await asyncio.to_thread(ensure_tls_files, self.settings)
-            self.runtime = await Runtime.open(self.settings)
+            self.runtime = await Runtime.open(self.settings, clock=self.clock)
             self._cleanup.push_async_callback(self.runtime.close)
             await self._start_devices(self.runtime)
             await self._start_engine(self.runtime)
+            self._start_outbox(self.runtime)
             self.app = create_app(self.runtime)
             self.app.state.channel = self.channel
             self.app.state.presence = self.presence
@@ -304,6 +310,22 @@ class Server:
         )
         self._cleanup.push_async_callback(self.engine.close)
         await self.engine.start()
+
+    def _start_outbox(self, runtime: Runtime) -> None:
+        """The callback delivery loop; stopped before the runtime closes."""
+        if not self.settings.outbox_enabled:
+            return
+        self.outbox = outbox = OutboxDelivery(
+            runtime.store, runtime.clock, OutboxConfig.from_settings(self.settings)
+        )
+        task = asyncio.create_task(outbox.run(), name="fleetbatch-outbox")
+
+        async def stop_outbox() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._cleanup.push_async_callback(stop_outbox)
 
     async def _start_devices(self, runtime: Runtime) -> None:
         """The device channel: the built-in transport on the MQTT ports, or a broker client.

@@ -24,6 +24,7 @@ from fleetbatch.domain.tasks import (
     final_status,
     should_abort,
 )
+from fleetbatch.store import outbox as outbox_rows
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
 from fleetbatch.store.database import Store
@@ -56,46 +57,76 @@ class ClaimRequest:
     online_only: bool = False
     phase: str | None = None
     retries: bool = True  # False: skip the retry claim (the counters show none)
+    # the task has a callback URL: the claimed subtasks' new phase is queued in the outbox
+    notify: bool = False
 
 
 async def claim_batch(
     store: Store, request: ClaimRequest, *, worker_id: str, now_ms: int
 ) -> list[Claimed]:
     """Claim up to `limit` due subtasks of a running task: retries first, then waiting ones."""
-    async with store.raw_write() as conn:
-        claimed: list[Claimed] = []
-        deltas: Counter[SubtaskStatus] = Counter()
-        for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
-            room = request.limit - len(claimed)
-            if room <= 0:
-                break
-            got = await subtask_rows.claim(
-                conn,
-                request.task_pk,
-                status,
-                room,
-                worker_id=worker_id,
-                now_ms=now_ms,
-                lease_until=request.lease_until,
-                online_only=request.online_only,
-                phase=request.phase,
-            )
-            if got:
-                deltas[status] -= len(got)
-                deltas[S.PROCESSING] += len(got)
-                claimed.extend(got)
+    if request.notify:
+        async with store.write() as conn:
+            claimed, deltas = await _claim_in(conn, request, worker_id, now_ms)
+            if claimed:
+                await outbox_rows.enqueue_command_changes(conn, [c.id for c in claimed], now_ms)
+                await task_rows.add_counts(conn, request.task_pk, deltas)
+            return claimed
+    async with store.raw_write() as raw:
+        claimed, deltas = await _claim_in(raw, request, worker_id, now_ms)
         if claimed:
-            await task_rows.add_counts(conn, request.task_pk, deltas)
+            await task_rows.add_counts(raw, request.task_pk, deltas)
         return claimed
 
 
+async def _claim_in(
+    conn: AsyncConnection | RawWrite, request: ClaimRequest, worker_id: str, now_ms: int
+) -> tuple[list[Claimed], Counter[SubtaskStatus]]:
+    """The claim's subtask rows, in the caller's transaction; the counter deltas to add."""
+    claimed: list[Claimed] = []
+    deltas: Counter[SubtaskStatus] = Counter()
+    for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
+        room = request.limit - len(claimed)
+        if room <= 0:
+            break
+        got = await subtask_rows.claim(
+            conn,
+            request.task_pk,
+            status,
+            room,
+            worker_id=worker_id,
+            now_ms=now_ms,
+            lease_until=request.lease_until,
+            online_only=request.online_only,
+            phase=request.phase,
+        )
+        if got:
+            deltas[status] -= len(got)
+            deltas[S.PROCESSING] += len(got)
+            claimed.extend(got)
+    return claimed, deltas
+
+
 async def apply_outcomes(
-    store: Store, outcomes: Sequence[Outcome], *, now_ms: int
+    store: Store,
+    outcomes: Sequence[Outcome],
+    *,
+    now_ms: int,
+    notify_ids: Sequence[int] = (),
 ) -> dict[int, Progress]:
-    """Apply a batch of outcomes; the progress of every task that changed."""
-    async with store.raw_write() as conn:
-        deltas = await subtask_rows.apply_outcomes(conn, outcomes, now_ms)
-        return await add_deltas(conn, deltas)
+    """Apply a batch of outcomes; the progress of every task that changed.
+
+    `notify_ids`: subtasks whose change may be pushed to a callback URL (outbox, same
+    transaction).
+    """
+    if notify_ids:
+        async with store.write() as conn:
+            deltas = await subtask_rows.apply_outcomes(conn, outcomes, now_ms)
+            await outbox_rows.enqueue_command_changes(conn, notify_ids, now_ms)
+            return await add_deltas(conn, deltas)
+    async with store.raw_write() as raw:
+        deltas = await subtask_rows.apply_outcomes(raw, outcomes, now_ms)
+        return await add_deltas(raw, deltas)
 
 
 async def apply_in(
@@ -127,6 +158,10 @@ async def time_out_overdue(
             )
             for i, a in late
         ]
+        if task.callback_url:
+            progress = await apply_in(conn, outcomes, now_ms=now_ms)
+            await outbox_rows.enqueue_command_changes(conn, [i for i, _ in late], now_ms)
+            return progress
         return await apply_in(conn, outcomes, now_ms=now_ms)
 
 

@@ -572,12 +572,22 @@ async def rows_by_id(conn: AsyncConnection, ids: Sequence[int]) -> list[Subtask]
 # --- reads ------------------------------------------------------------------------------
 
 
-def _filters(task_pk: int, status: SubtaskStatus | None, target: str | None) -> list[Any]:
+def _filters(
+    task_pk: int,
+    status: SubtaskStatus | None,
+    target: str | None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
+) -> list[Any]:
     where: list[Any] = [s.task_pk == task_pk]
     if status is not None:
         where.append(s.status == status.value)
+    if statuses is not None:
+        where.append(s.status.in_(sorted({x.value for x in statuses})))
     if target is not None:
         where.append(s.target == target)
+    if subtask_id is not None:
+        where.append(s.id == subtask_id)
     return where
 
 
@@ -624,10 +634,15 @@ async def page_by_number(
     *,
     status: SubtaskStatus | None = None,
     target: str | None = None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
     known_count: int | None = None,
 ) -> Page[Subtask]:
-    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists)."""
-    where = _filters(task_pk, status, target)
+    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists).
+
+    `statuses`: any of these states; `subtask_id`: that subtask only.
+    """
+    where = _filters(task_pk, status, target, statuses, subtask_id)
     if conn.dialect.name == "postgresql":
         # PostgreSQL's generic plan for a prepared statement (used after five runs) assumes an
         # average task; with one huge task it walks the primary key and filters, 70-100 ms
