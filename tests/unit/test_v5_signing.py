@@ -29,9 +29,7 @@ BODY_A = (
     b'["6650f0c2a1b2c3d4e5f60718_node-001", "6650f0c2a1b2c3d4e5f60718_node-002"], '
     b'"document": {"service_id": "Reboot", "command_name": "reboot", "paras": {"delay": 5}}}'
 )
-POST_A = signing.SignedRequest(
-    "POST", f"/v5/iot/{PROJECT}/batchtasks", "", HEADERS, BODY_A
-)
+POST_A = signing.SignedRequest("POST", f"/v5/iot/{PROJECT}/batchtasks", "", HEADERS, BODY_A)
 GET_B = signing.SignedRequest(
     "GET",
     f"/v5/iot/{PROJECT}/batchtasks/665a1b2c3d4e5f6071829304",
@@ -50,10 +48,7 @@ def plain(signature: str) -> str:
 
 
 def derived(signature: str, scope: str = "20240615/cn-north-4/iotdm") -> str:
-    return (
-        f"V11-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={SIGNED}, "
-        f"Signature={signature}"
-    )
+    return f"V11-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={SIGNED}, Signature={signature}"
 
 
 def canonical(request: signing.SignedRequest) -> str:
@@ -84,9 +79,7 @@ def test_example_a_canonical_request_is_the_specs() -> None:
     )
     auth = signing.parse_authorization(plain(SIG_A))
     assert signing.string_to_sign(auth, DATE, canonical(POST_A)) == (
-        "SDK-HMAC-SHA256\n"
-        f"{DATE}\n"
-        "308f249e36a758b2914a304f9c0874a53ea2af431ddba789bac0f0a4c2b38cab"
+        f"SDK-HMAC-SHA256\n{DATE}\n308f249e36a758b2914a304f9c0874a53ea2af431ddba789bac0f0a4c2b38cab"
     )
 
 

@@ -26,13 +26,22 @@ class Phase(enum.StrEnum):
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The API over an opened runtime; it reports `starting` until `set_phase(READY)`."""
-    app = FastAPI(title="fleetbatch", version=__version__)
+    app = FastAPI(
+        title="fleetbatch",
+        version=__version__,
+        description="Batch tasks over device fleets. IoTDA v5 operations live under "
+        "`/v5/iot/{project_id}` and are signed with AK/SK as huaweicloudsdkcore signs.",
+    )
     app.state.runtime = runtime
     app.state.phase = Phase.STARTING
     app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
     app.state.channel = None
     app.state.presence = None
     app.state.authenticator = None
+    # imported here: the dialect's modules import this one for get_runtime
+    from fleetbatch.api import v5
+
+    v5.install(app)
     if runtime.settings.broker:
         # the external broker asks these who may connect, publish and subscribe
         from fleetbatch.api.emqx import router as emqx_router

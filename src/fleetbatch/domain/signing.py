@@ -211,9 +211,7 @@ def check_scope(auth: Authorization, sdk_date: str) -> None:
         raise AuthFailed("the Credential region is malformed")
 
 
-def verify(
-    request: SignedRequest, auth: Authorization, secret_key: str, now_ms: int
-) -> None:
+def verify(request: SignedRequest, auth: Authorization, secret_key: str, now_ms: int) -> None:
     """Raise AuthFailed unless the request carries a good, fresh signature by `secret_key`."""
     sdk_date = request.headers.get(DATE_HEADER)
     if sdk_date is None:

@@ -233,9 +233,18 @@ class TaskService:
         page: PageRequest | None = None,
         status: SubtaskStatus | None = None,
         target: str | None = None,
+        statuses: Sequence[SubtaskStatus] | None = None,
     ) -> tuple[Task, Page[Subtask]]:
-        """The task and one page of its subtasks, newest first below the marker."""
+        """The task and one page of its subtasks, newest first below the marker.
+
+        `statuses` filters on any of several states (a wire word may stand for more).
+        """
         task = await self.get(task_id, project_id=project_id)
+        known = _known_count(task, status, target)
+        if statuses is not None and status is None and target is None:
+            known = sum(task.progress.count(one) for one in set(statuses))
+        elif statuses is not None:
+            known = None
         async with self.store.read() as conn:
             found = await subtask_rows.page_by_marker(
                 conn,
@@ -243,7 +252,8 @@ class TaskService:
                 page or PageRequest(),
                 status=status,
                 target=target,
-                known_count=_known_count(task, status, target),
+                known_count=known,
+                statuses=statuses,
             )
         return task, found
 

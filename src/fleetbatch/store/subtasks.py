@@ -584,10 +584,17 @@ async def rows_by_id(conn: AsyncConnection, ids: Sequence[int]) -> list[Subtask]
 # --- reads ------------------------------------------------------------------------------
 
 
-def _filters(task_pk: int, status: SubtaskStatus | None, target: str | None) -> list[Any]:
+def _filters(
+    task_pk: int,
+    status: SubtaskStatus | None,
+    target: str | None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+) -> list[Any]:
     where: list[Any] = [s.task_pk == task_pk]
     if status is not None:
         where.append(s.status == status.value)
+    if statuses is not None:
+        where.append(s.status.in_([value.value for value in statuses]))
     if target is not None:
         where.append(s.target == target)
     return where
@@ -601,13 +608,15 @@ async def page_by_marker(
     status: SubtaskStatus | None = None,
     target: str | None = None,
     known_count: int | None = None,
+    statuses: Sequence[SubtaskStatus] | None = None,
 ) -> Page[Subtask]:
     """Subtasks newest first below the marker, then `offset` skipped (IoTDA lists).
 
     `known_count`: the number of matching rows when the caller has it from the task's
-    counters, which spares a COUNT over up to a million rows per page.
+    counters, which spares a COUNT over up to a million rows per page. `statuses`: any of
+    these (a wire word can stand for more than one internal state).
     """
-    where = _filters(task_pk, status, target)
+    where = _filters(task_pk, status, target, statuses)
     bound = parse_marker(page.marker)
     rows = (
         await conn.execute(

@@ -1,0 +1,365 @@
+"""The official huaweicloudsdkiotda client against `fleetbatch serve`, unchanged but for the
+endpoint, AK/SK and project id, with a simulated fleet answering over MQTT (`fleetbatch sim`).
+
+Batch tasks of every type the engine runs, watched to the end; details paged by marker and
+by offset, filtered by status and by target; stop, retry, delete; plain and derived signing;
+IoTDA error codes carried by the SDK's exceptions; another project's objects stay invisible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+from huaweicloudsdkcore.region.region import Region
+from huaweicloudsdkiotda.v5 import (
+    BatchTargets,
+    CreateBatchTask,
+    CreateBatchTaskRequest,
+    DeleteBatchTaskRequest,
+    IoTDAClient,
+    ListBatchTasksRequest,
+    RetryBatchTaskRequest,
+    ShowBatchTaskRequest,
+    StopBatchTaskRequest,
+    TaskPolicy,
+)
+
+from fleetbatch.settings import Settings
+from support import LOOPBACK
+from support.cli import FLEETBATCH, run_cli_json, store_flags
+from support.serve import ServeProcess, start_healthy, stop_process
+from support.waiting import wait_until_sync
+
+FLEET_SIZE = 6
+WAIT_S = 30
+FINISHED = {"Success", "Fail", "PartialSuccess", "Stopped"}
+
+
+@dataclass
+class V5Fleet:
+    """A server, a simulated fleet, and the credentials an application would be given."""
+
+    server: ServeProcess
+    project_id: str
+    access_key: str
+    secret_key: str
+    device_ids: list[str]
+    group_id: str
+    settings: Settings
+
+    def client(self, *, derived: bool = False, secret_key: str | None = None) -> IoTDAClient:
+        """An SDK client as Huawei's samples build one (derived: the enterprise-edition way)."""
+        credentials = BasicCredentials(
+            self.access_key, secret_key or self.secret_key, self.project_id
+        )
+        builder = IoTDAClient.new_builder()
+        if derived:
+            credentials = credentials.with_derived_predicate(
+                BasicCredentials.get_default_derived_predicate()
+            )
+            builder = builder.with_region(Region("cn-north-4", self.server.http_url))
+        else:
+            builder = builder.with_endpoint(self.server.http_url)
+        return builder.with_credentials(credentials).build()
+
+    @property
+    def failing(self) -> str:
+        return self.device_ids[1]
+
+
+def wait_online(settings: Settings, app_id: str, count: int) -> None:
+    flags = store_flags(settings)
+
+    def online() -> bool:
+        listed = run_cli_json("devices", "list", *flags, "--app", app_id, "--status", "ONLINE")
+        return bool(listed["count"] == count)
+
+    wait_until_sync(online, timeout_s=WAIT_S, interval_s=0.2, message="fleet online")
+
+
+@contextmanager
+def running_fleet(settings: Settings, tmp_path: Path) -> Iterator[V5Fleet]:
+    flags = store_flags(settings)
+    app = run_cli_json("admin", "create-app", *flags, "--name", "v5sdk")
+    fleet_path = tmp_path / "fleet.json"
+    created = run_cli_json(
+        "admin", "create-devices", *flags, "--app", app["app_id"], "--count", str(FLEET_SIZE),
+        "--group", "all", "--out", str(fleet_path),
+    )  # fmt: skip
+    device_ids = [d["device_id"] for d in json.loads(fleet_path.read_text())["devices"]]
+    db_flags = [] if settings.database is None else ["--database", settings.database]
+    server = start_healthy(settings.data_dir, *db_flags)
+    sim = subprocess.Popen(
+        [
+            *FLEETBATCH, "sim", "--fleet", str(fleet_path),
+            "--mqtt", f"mqtt://{LOOPBACK}:{server.mqtt_port}",
+            "--behavior", f"{device_ids[1]}:fail_rate=1,fail_code=5", "--json",
+        ],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_online(settings, app["app_id"], FLEET_SIZE)
+        yield V5Fleet(
+            server, app["project_id"], app["access_key"], app["secret_key"],
+            device_ids, created["group_id"], settings,
+        )  # fmt: skip
+    finally:
+        sim.kill()
+        sim.communicate(timeout=WAIT_S)
+        stop_process(server)
+
+
+def create(client: IoTDAClient, task_type: str, **fields: Any) -> Any:
+    body = CreateBatchTask(task_name=f"t_{task_type}", task_type=task_type, **fields)
+    return client.create_batch_task(CreateBatchTaskRequest(body=body))
+
+
+def show(client: IoTDAClient, task_id: str, **query: Any) -> Any:
+    return client.show_batch_task(ShowBatchTaskRequest(task_id=task_id, **query))
+
+
+def wait_finished(client: IoTDAClient, task_id: str) -> Any:
+    last: list[Any] = []
+
+    def finished() -> Any:
+        last.append(show(client, task_id).batchtask)
+        return last[-1] if last[-1].status in FINISHED else None
+
+    return wait_until_sync(
+        finished, timeout_s=WAIT_S, interval_s=0.1, message=lambda: f"task finished: {last[-1:]}"
+    )
+
+
+def refused(call: Any, *args: Any) -> ClientRequestException:
+    with pytest.raises(ClientRequestException) as caught:
+        call(*args)
+    assert caught.value.request_id, "every error carries X-Request-Id"
+    return caught.value
+
+
+DOCUMENTS: dict[str, dict[str, Any]] = {
+    "createCommands": {"service_id": "Reboot", "command_name": "reboot", "paras": {"delay": 5}},
+    "createAsyncCommands": {
+        "service_id": "Reboot",
+        "command_name": "reboot",
+        "paras": {"delay": 5},
+        "send_strategy": "immediately",
+    },
+    "createMessages": {"message": "hello", "name": "greeting"},
+    "updateDeviceShadows": {"shadow": [{"service_id": "Meter", "desired": {"limit": 60}}]},
+}
+
+
+def test_batch_tasks_of_every_type_through_the_sdk(settings: Settings, tmp_path: Path) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client()
+        targets = fleet.device_ids
+        for task_type, document in DOCUMENTS.items():
+            created = create(client, task_type, targets=targets, document=document)
+            assert created.status_code == 201
+            assert len(created.task_id) == 24
+            assert int(created.task_id, 16) >= 0
+            assert created.task_id == created.task_id.lower()
+            assert created.targets == targets
+            assert created.task_progress.total == FLEET_SIZE
+            done = wait_finished(client, created.task_id)
+            progress = done.task_progress
+            assert progress.total == FLEET_SIZE
+            assert progress.success + progress.fail == FLEET_SIZE, (task_type, progress)
+            assert progress.waitting == progress.processing == progress.stopped == 0
+            if task_type in ("createCommands", "createAsyncCommands"):
+                assert (progress.success, progress.fail) == (FLEET_SIZE - 1, 1)
+                assert done.status == "PartialSuccess"
+                failed = show(client, created.task_id, task_detail_status="Fail")
+                assert [d.target for d in failed.task_details] == [fleet.failing]
+                assert failed.task_details[0].status == "Fail"
+                assert failed.task_details[0].error.error_code
+                assert failed.page.count == 1
+            else:
+                assert done.status == "Success", (task_type, progress)
+        # registry operations: freeze, unfreeze, delete one device
+        victim = [targets[-1]]
+        for task_type in ("freezeDevices", "unfreezeDevices", "deleteDevices"):
+            created = create(client, task_type, targets=victim)
+            done = wait_finished(client, created.task_id)
+            assert done.status == "Success", (task_type, done.task_progress)
+        # group members, through targets_filter
+        by_group = create(
+            client,
+            "createCommands",
+            targets_filter={"group_ids": [fleet.group_id]},
+            document=DOCUMENTS["createCommands"],
+        )
+        assert by_group.targets is None
+        assert by_group.targets_filter == {"group_ids": [fleet.group_id]}
+        done = wait_finished(client, by_group.task_id)
+        # the deleted device left the group
+        assert done.task_progress.total == FLEET_SIZE - 1
+        listed = client.list_batch_tasks(ListBatchTasksRequest(task_type="createCommands"))
+        assert listed.page.count == 2
+        assert [t.task_id for t in listed.batchtasks] == [
+            by_group.task_id,
+            listed.batchtasks[1].task_id,
+        ]
+        partial = client.list_batch_tasks(
+            ListBatchTasksRequest(task_type="createCommands", status="PartialSuccess")
+        )
+        assert partial.page.count == 2
+        none = client.list_batch_tasks(
+            ListBatchTasksRequest(task_type="createCommands", status="Stopped")
+        )
+        assert none.page.count == 0
+        assert none.batchtasks == []
+
+
+def test_details_paging_stop_retry_delete_through_the_sdk(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client(derived=True)
+        task = create(
+            client, "createCommands", targets=fleet.device_ids, document=DOCUMENTS["createCommands"]
+        )
+        done = wait_finished(client, task.task_id)
+        assert done.status == "PartialSuccess"
+        # by marker, two at a time: every target once, newest first
+        seen: list[str] = []
+        marker = None
+        while True:
+            page = show(client, task.task_id, limit=2, marker=marker)
+            assert page.page.count == FLEET_SIZE
+            if not page.task_details:
+                break
+            seen += [d.target for d in page.task_details]
+            marker = page.page.marker
+            assert marker is not None
+            assert len(marker) == 24
+        assert sorted(seen) == sorted(fleet.device_ids)
+        assert seen == list(reversed(fleet.device_ids))
+        # by offset: the same order
+        assert [d.target for d in show(client, task.task_id, limit=2, offset=2).task_details] == (
+            seen[2:4]
+        )
+        # by target
+        one = show(client, task.task_id, target=fleet.failing)
+        assert [(d.target, d.status) for d in one.task_details] == [(fleet.failing, "Fail")]
+        assert one.page.count == 1
+        assert show(client, task.task_id, task_detail_status="Waitting").page.count == 0
+
+        # retry the failed one: it fails again, the task ends as it was
+        retried = client.retry_batch_task(
+            RetryBatchTaskRequest(task_id=task.task_id, body=BatchTargets(targets=[fleet.failing]))
+        )
+        assert [(r.target, r.status) for r in retried.targets] == [(fleet.failing, "success")]
+        again = wait_finished(client, task.task_id)
+        assert again.task_progress.fail == 1
+        assert again.task_progress.success == FLEET_SIZE - 1
+
+        # a task scheduled for tomorrow waits; stopping it stops every subtask
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+        later = create(
+            client,
+            "createMessages",
+            targets=fleet.device_ids[:3],
+            document=DOCUMENTS["createMessages"],
+            task_policy=TaskPolicy(schedule_time=tomorrow, retry_count=2, retry_interval=10),
+        )
+        assert later.status == "Waitting"
+        assert later.task_policy.schedule_time == tomorrow
+        assert later.task_policy.retry_count == 2
+        assert later.task_policy.retry_interval == 10
+        waiting = show(client, later.task_id, task_detail_status="Waitting")
+        assert waiting.page.count == 3
+        assert {d.status for d in waiting.task_details} == {"Waitting"}
+        # the task runs, so it cannot be deleted yet
+        error = refused(client.delete_batch_task, DeleteBatchTaskRequest(task_id=later.task_id))
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+        client.stop_batch_task(StopBatchTaskRequest(task_id=later.task_id))
+        stopped = show(client, later.task_id)
+        assert stopped.batchtask.status == "Stopped"
+        assert stopped.batchtask.task_progress.stopped == 3
+        # retrying a stopped task runs its subtasks now
+        client.retry_batch_task(RetryBatchTaskRequest(task_id=later.task_id))
+        assert wait_finished(client, later.task_id).status == "Success"
+
+        deleted = client.delete_batch_task(DeleteBatchTaskRequest(task_id=later.task_id))
+        assert deleted.status_code == 204
+        gone = refused(client.show_batch_task, ShowBatchTaskRequest(task_id=later.task_id))
+        assert gone.status_code == 404
+
+
+def test_signing_errors_and_project_scope_through_the_sdk(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client()
+        task = create(
+            client, "createMessages", targets=fleet.device_ids, document=DOCUMENTS["createMessages"]
+        )
+        # a wrong SK, plain or derived: 401 with IoTDA's code
+        for derived in (False, True):
+            bad = fleet.client(derived=derived, secret_key=fleet.secret_key[:-1] + "x")
+            error = refused(bad.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id))
+            assert (error.status_code, error.error_code) == (401, "IOTDA.000002")
+        # out-of-range and ill-formed input: the field is named, nothing is created
+        error = refused(
+            client.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id, limit=51)
+        )
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000017")
+        error = refused(
+            client.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id, marker="XYZ")
+        )
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000018")
+        error = refused(
+            client.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id, offset=501)
+        )
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+        assert "offset" in error.error_msg
+        ids = fleet.device_ids
+        too_many = TaskPolicy(retry_count=6, retry_interval=1)
+        for fields, field in [
+            ({"targets": ["bad id!"]}, "targets"),
+            ({"targets": ids, "task_policy": too_many}, "retry_count"),
+            ({"targets": ids, "task_policy": TaskPolicy(retry_count=1)}, "retry_interval"),
+            ({}, "targets"),
+            ({"targets": ids, "document": {"paras": "x"}}, "paras"),
+        ]:  # fmt: skip
+            fields.setdefault("document", DOCUMENTS["createCommands"])
+            error = refused(client.create_batch_task, CreateBatchTaskRequest(
+                body=CreateBatchTask(task_name="bad", task_type="createCommands", **fields)
+            ))  # fmt: skip
+            assert (error.status_code, error.error_code) == (400, "IOTDA.000006"), fields
+            assert field in error.error_msg
+        listed = client.list_batch_tasks(ListBatchTasksRequest(task_type="createCommands"))
+        assert listed.page.count == 0
+
+        # another project's key sees nothing of this one
+        flags = store_flags(fleet.settings)
+        other = run_cli_json("admin", "create-app", *flags, "--name", "other")
+        outsider = V5Fleet(
+            fleet.server, other["project_id"], other["access_key"], other["secret_key"],
+            [], "", fleet.settings,
+        ).client()  # fmt: skip
+        error = refused(outsider.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id))
+        assert error.status_code == 404
+        assert (
+            outsider.list_batch_tasks(ListBatchTasksRequest(task_type="createMessages")).page.count
+            == 0
+        )
+        # ...and cannot name the other project in its path
+        trespasser = V5Fleet(
+            fleet.server, fleet.project_id, other["access_key"], other["secret_key"],
+            [], "", fleet.settings,
+        ).client()  # fmt: skip
+        error = refused(trespasser.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id))
+        assert (error.status_code, error.error_code) == (401, "IOTDA.000002")
