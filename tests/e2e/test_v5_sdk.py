@@ -22,16 +22,46 @@ from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.region.region import Region
 from huaweicloudsdkiotda.v5 import (
+    AddDevice,
+    AddDeviceGroupDTO,
+    AddDeviceGroupRequest,
+    AddDeviceRequest,
+    AddProduct,
+    AuthInfo,
     BatchTargets,
     CreateBatchTask,
     CreateBatchTaskRequest,
+    CreateOrDeleteDeviceInGroupRequest,
+    CreateProductRequest,
     DeleteBatchTaskRequest,
+    DeleteDeviceGroupRequest,
+    DeleteDeviceRequest,
+    DeleteProductRequest,
+    FreezeDeviceRequest,
     IoTDAClient,
     ListBatchTasksRequest,
+    ListDeviceGroupsRequest,
+    ListDevicesRequest,
+    ListProductsRequest,
+    ResetDeviceSecret,
+    ResetDeviceSecretRequest,
     RetryBatchTaskRequest,
+    ServiceCapability,
+    ServiceProperty,
     ShowBatchTaskRequest,
+    ShowDeviceGroupRequest,
+    ShowDeviceRequest,
+    ShowDevicesInGroupRequest,
+    ShowProductRequest,
     StopBatchTaskRequest,
     TaskPolicy,
+    UnfreezeDeviceRequest,
+    UpdateDevice,
+    UpdateDeviceGroupDTO,
+    UpdateDeviceGroupRequest,
+    UpdateDeviceRequest,
+    UpdateProduct,
+    UpdateProductRequest,
 )
 
 from fleetbatch.settings import Settings
@@ -363,3 +393,130 @@ def test_signing_errors_and_project_scope_through_the_sdk(
         ).client()  # fmt: skip
         error = refused(trespasser.show_batch_task, ShowBatchTaskRequest(task_id=task.task_id))
         assert (error.status_code, error.error_code) == (401, "IOTDA.000002")
+
+
+def test_products_devices_and_groups_through_the_sdk(settings: Settings, tmp_path: Path) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client()
+        assert client.list_products(ListProductsRequest()).page.count == 1
+        meter = ServiceCapability(
+            service_id="Meter",
+            service_type="Meter",
+            properties=[ServiceProperty(property_name="flow", data_type="int", method="RW")],
+        )
+        product = client.create_product(
+            CreateProductRequest(
+                body=AddProduct(
+                    name="meter", device_type="WaterMeter", protocol_type="MQTT",
+                    data_format="json", service_capabilities=[meter],
+                )
+            )
+        )  # fmt: skip
+        assert product.status_code == 201
+        pid = product.product_id
+        assert product.service_capabilities[0].service_id == "Meter"
+        assert product.service_capabilities[0].properties[0].property_name == "flow"
+        assert client.show_product(ShowProductRequest(product_id=pid)).name == "meter"
+        renamed = client.update_product(
+            UpdateProductRequest(product_id=pid, body=UpdateProduct(name="meter2"))
+        )
+        assert renamed.name == "meter2"
+        assert renamed.device_type == "WaterMeter"
+        listed = client.list_products(ListProductsRequest(product_name="meter2"))
+        assert [p.product_id for p in listed.products] == [pid]
+
+        added = client.add_device(
+            AddDeviceRequest(
+                body=AddDevice(node_id="n1", product_id=pid, auth_info=AuthInfo(secret="secret123"))
+            )
+        )
+        assert added.status_code == 201
+        assert added.device_id == f"{pid}_n1"
+        assert added.auth_info.secret == "secret123"
+        assert added.status == "INACTIVE"
+        assert added.product_name == "meter2"
+        again = refused(
+            client.add_device,
+            AddDeviceRequest(body=AddDevice(node_id="n1", product_id=pid)),
+        )
+        assert (again.status_code, again.error_code) == (400, "IOTDA.014031")
+        device_id = added.device_id
+        shown = client.show_device(ShowDeviceRequest(device_id=device_id))
+        assert shown.node_id == "n1"
+        assert shown.auth_info.secret is None
+        assert client.list_devices(ListDevicesRequest(product_id=pid)).page.count == 1
+        # marker paging over every device of the project
+        seen: list[str] = []
+        marker = None
+        while True:
+            page = client.list_devices(ListDevicesRequest(limit=4, marker=marker))
+            if not page.devices:
+                break
+            seen += [d.device_id for d in page.devices]
+            marker = page.page.marker
+        assert sorted(seen) == sorted([*fleet.device_ids, device_id])
+        assert seen[0] == device_id
+        offset = client.list_devices(ListDevicesRequest(limit=2, offset=2)).devices
+        assert [d.device_id for d in offset] == seen[2:4]
+
+        updated = client.update_device(
+            UpdateDeviceRequest(device_id=device_id, body=UpdateDevice(device_name="kitchen"))
+        )
+        assert updated.device_name == "kitchen"
+        client.freeze_device(FreezeDeviceRequest(device_id=device_id))
+        assert client.show_device(ShowDeviceRequest(device_id=device_id)).status == "FROZEN"
+        client.unfreeze_device(UnfreezeDeviceRequest(device_id=device_id))
+        assert client.show_device(ShowDeviceRequest(device_id=device_id)).status == "INACTIVE"
+        reset = client.reset_device_secret(
+            ResetDeviceSecretRequest(
+                device_id=device_id,
+                action_id="resetSecret",
+                body=ResetDeviceSecret(secret="newsecret1"),
+            )
+        )
+        assert (reset.device_id, reset.secret) == (device_id, "newsecret1")
+        busy = refused(client.delete_product, DeleteProductRequest(product_id=pid))
+        assert busy.status_code == 400
+        assert client.delete_device(DeleteDeviceRequest(device_id=device_id)).status_code == 204
+        gone = refused(client.show_device, ShowDeviceRequest(device_id=device_id))
+        assert (gone.status_code, gone.error_code) == (404, "IOTDA.014000")
+        assert client.delete_product(DeleteProductRequest(product_id=pid)).status_code == 204
+
+        group = client.add_device_group(AddDeviceGroupRequest(body=AddDeviceGroupDTO(name="g1")))
+        gid = group.group_id
+        assert client.show_device_group(ShowDeviceGroupRequest(group_id=gid)).name == "g1"
+        assert client.list_device_groups(ListDeviceGroupsRequest()).page.count == 2
+        client.update_device_group(
+            UpdateDeviceGroupRequest(group_id=gid, body=UpdateDeviceGroupDTO(description="d"))
+        )
+        assert client.show_device_group(ShowDeviceGroupRequest(group_id=gid)).description == "d"
+        member = fleet.device_ids[0]
+        client.create_or_delete_device_in_group(
+            CreateOrDeleteDeviceInGroupRequest(
+                group_id=gid, action_id="addDevice", device_id=member
+            )
+        )
+        members = client.show_devices_in_group(ShowDevicesInGroupRequest(group_id=gid))
+        assert [d.device_id for d in members.devices] == [member]
+        client.create_or_delete_device_in_group(
+            CreateOrDeleteDeviceInGroupRequest(
+                group_id=gid, action_id="removeDevice", device_id=member
+            )
+        )
+        assert client.show_devices_in_group(ShowDevicesInGroupRequest(group_id=gid)).page.count == 0
+        client.delete_device_group(DeleteDeviceGroupRequest(group_id=gid))
+        assert (
+            refused(client.show_device_group, ShowDeviceGroupRequest(group_id=gid)).status_code
+            == 404
+        )
+
+        # another project sees none of it
+        other = run_cli_json("admin", "create-app", *store_flags(fleet.settings), "--name", "o")
+        outsider = V5Fleet(
+            fleet.server, other["project_id"], other["access_key"], other["secret_key"],
+            [], "", fleet.settings,
+        ).client()  # fmt: skip
+        error = refused(outsider.show_device, ShowDeviceRequest(device_id=member))
+        assert error.status_code == 404
+        assert outsider.list_devices(ListDevicesRequest()).page.count == 0
+        assert outsider.list_device_groups(ListDeviceGroupsRequest()).page.count == 0

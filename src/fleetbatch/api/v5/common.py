@@ -81,3 +81,8 @@ async def app_of(runtime: Runtime, who: Caller, app_id: str | None) -> App:
     if not apps:
         raise NotFound("app", "(default)")
     return apps[0]
+
+
+async def app_names(runtime: Runtime, who: Caller) -> dict[str, str]:
+    """The project's resource spaces' names by app id (the `app_name` of responses)."""
+    return {app.app_id: app.name for app in await runtime.registry.apps.list_all(who.project_id)}
