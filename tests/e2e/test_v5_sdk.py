@@ -51,15 +51,19 @@ from huaweicloudsdkiotda.v5 import (
     ShowBatchTaskRequest,
     ShowDeviceGroupRequest,
     ShowDeviceRequest,
+    ShowDeviceShadowRequest,
     ShowDevicesInGroupRequest,
     ShowProductRequest,
     StopBatchTaskRequest,
     TaskPolicy,
     UnfreezeDeviceRequest,
+    UpdateDesired,
+    UpdateDesireds,
     UpdateDevice,
     UpdateDeviceGroupDTO,
     UpdateDeviceGroupRequest,
     UpdateDeviceRequest,
+    UpdateDeviceShadowDesiredDataRequest,
     UpdateProduct,
     UpdateProductRequest,
 )
@@ -395,7 +399,9 @@ def test_signing_errors_and_project_scope_through_the_sdk(
         assert (error.status_code, error.error_code) == (401, "IOTDA.000002")
 
 
-def test_products_devices_and_groups_through_the_sdk(settings: Settings, tmp_path: Path) -> None:
+def test_products_devices_groups_and_shadows_through_the_sdk(
+    settings: Settings, tmp_path: Path
+) -> None:
     with running_fleet(settings, tmp_path) as fleet:
         client = fleet.client()
         assert client.list_products(ListProductsRequest()).page.count == 1
@@ -510,6 +516,35 @@ def test_products_devices_and_groups_through_the_sdk(settings: Settings, tmp_pat
             == 404
         )
 
+        # shadows: desired values merged, versions checked
+        target = fleet.device_ids[2]
+        assert client.show_device_shadow(ShowDeviceShadowRequest(device_id=target)).shadow == []
+        desired = UpdateDesireds(
+            shadow=[UpdateDesired(service_id="Meter", desired={"limit": 60, "mode": "eco"})]
+        )
+        changed = client.update_device_shadow_desired_data(
+            UpdateDeviceShadowDesiredDataRequest(device_id=target, body=desired)
+        )
+        assert changed.shadow[0].version == 1
+        assert changed.shadow[0].desired.properties == {"limit": 60, "mode": "eco"}
+        stale = UpdateDesireds(
+            shadow=[UpdateDesired(service_id="Meter", desired={"mode": None}, version=0)]
+        )
+        error = refused(
+            client.update_device_shadow_desired_data,
+            UpdateDeviceShadowDesiredDataRequest(device_id=target, body=stale),
+        )
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+        stale.shadow[0].version = 1
+        client.update_device_shadow_desired_data(
+            UpdateDeviceShadowDesiredDataRequest(device_id=target, body=stale)
+        )
+        shown = client.show_device_shadow(ShowDeviceShadowRequest(device_id=target)).shadow
+        assert [(s.service_id, s.version, s.desired.properties) for s in shown] == [
+            ("Meter", 2, {"limit": 60})
+        ]
+        assert shown[0].desired.event_time is not None
+
         # another project sees none of it
         other = run_cli_json("admin", "create-app", *store_flags(fleet.settings), "--name", "o")
         outsider = V5Fleet(
@@ -517,6 +552,8 @@ def test_products_devices_and_groups_through_the_sdk(settings: Settings, tmp_pat
             [], "", fleet.settings,
         ).client()  # fmt: skip
         error = refused(outsider.show_device, ShowDeviceRequest(device_id=member))
+        assert error.status_code == 404
+        error = refused(outsider.show_device_shadow, ShowDeviceShadowRequest(device_id=target))
         assert error.status_code == 404
         assert outsider.list_devices(ListDevicesRequest()).page.count == 0
         assert outsider.list_device_groups(ListDeviceGroupsRequest()).page.count == 0

@@ -1,7 +1,7 @@
 """The registry: projects, apps and credentials, products, devices, groups.
 
 `Registry` bundles one service per aggregate (`registry.apps`, `.products`, `.devices`,
-`.groups`); each public method is one unit of work in one transaction, validates before
+`.groups`, `.shadows`); each public method is one unit of work in one transaction, validates before
 it writes, and treats another project's resource as not found.
 """
 
@@ -12,6 +12,7 @@ from fleetbatch.registry.apps import AppService
 from fleetbatch.registry.devices import DeviceService
 from fleetbatch.registry.groups import GroupService
 from fleetbatch.registry.products import ProductService
+from fleetbatch.registry.shadows import ShadowService
 from fleetbatch.store.database import Store
 from fleetbatch.vault import SecretVault
 
@@ -26,6 +27,14 @@ class Registry:
         self.products = ProductService(store, vault, clock)
         self.devices = DeviceService(store, vault, clock)
         self.groups = GroupService(store, vault, clock)
+        self.shadows = ShadowService(store, vault, clock)
 
 
-__all__ = ["AppService", "DeviceService", "GroupService", "ProductService", "Registry"]
+__all__ = [
+    "AppService",
+    "DeviceService",
+    "GroupService",
+    "ProductService",
+    "Registry",
+    "ShadowService",
+]
