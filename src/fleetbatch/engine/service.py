@@ -240,11 +240,6 @@ class TaskService:
         `statuses` filters on any of several states (a wire word may stand for more).
         """
         task = await self.get(task_id, project_id=project_id)
-        known = _known_count(task, status, target)
-        if statuses is not None and status is None and target is None:
-            known = sum(task.progress.count(one) for one in set(statuses))
-        elif statuses is not None:
-            known = None
         async with self.store.read() as conn:
             found = await subtask_rows.page_by_marker(
                 conn,
@@ -252,7 +247,11 @@ class TaskService:
                 page or PageRequest(),
                 status=status,
                 target=target,
-                known_count=known,
+                known_count=(
+                    _known_count(task, status, target)
+                    if statuses is None
+                    else _known_count_of(task, statuses, target, None)
+                ),
                 statuses=statuses,
             )
         return task, found
@@ -424,6 +423,18 @@ def _known_count(task: Task, status: SubtaskStatus | None, target: str | None) -
     if target is not None:
         return None
     return task.progress.total if status is None else task.progress.count(status)
+
+
+def _known_count_of(
+    task: Task,
+    statuses: Sequence[SubtaskStatus] | None,
+    target: str | None,
+    subtask_id: int | None,
+) -> int | None:
+    """The count of subtasks in any of `statuses`, from the counters, when they answer it."""
+    if target is not None or subtask_id is not None or statuses is None:
+        return None
+    return sum(task.progress.count(status) for status in set(statuses))
 
 
 def _target_result(target: str, before: SubtaskStatus | None, *, stopping: bool) -> TargetResult:

@@ -589,14 +589,17 @@ def _filters(
     status: SubtaskStatus | None,
     target: str | None,
     statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
 ) -> list[Any]:
     where: list[Any] = [s.task_pk == task_pk]
     if status is not None:
         where.append(s.status == status.value)
     if statuses is not None:
-        where.append(s.status.in_([value.value for value in statuses]))
+        where.append(s.status.in_(sorted({x.value for x in statuses})))
     if target is not None:
         where.append(s.target == target)
+    if subtask_id is not None:
+        where.append(s.id == subtask_id)
     return where
 
 
