@@ -38,15 +38,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.channel = None
     app.state.presence = None
     app.state.authenticator = None
-    # imported here: the dialect's modules import this one for get_runtime
-    from fleetbatch.api import v5
-
-    v5.install(app)
     if runtime.settings.broker:
         # the external broker asks these who may connect, publish and subscribe
         from fleetbatch.api.emqx import router as emqx_router
 
         app.include_router(emqx_router)
+    # the IoTDA v5 dialect; imported here: its modules import this one for get_runtime
+    from fleetbatch.api import v5
+
+    v5.install(app)
     return app
 
 
