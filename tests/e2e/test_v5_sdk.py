@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+from huaweicloudsdkcore.http.formdata import FormFile
 from huaweicloudsdkcore.region.region import Region
 from huaweicloudsdkiotda.v5 import (
     AddDevice,
@@ -33,12 +34,14 @@ from huaweicloudsdkiotda.v5 import (
     CreateBatchTaskRequest,
     CreateOrDeleteDeviceInGroupRequest,
     CreateProductRequest,
+    DeleteBatchTaskFileRequest,
     DeleteBatchTaskRequest,
     DeleteDeviceGroupRequest,
     DeleteDeviceRequest,
     DeleteProductRequest,
     FreezeDeviceRequest,
     IoTDAClient,
+    ListBatchTaskFilesRequest,
     ListBatchTasksRequest,
     ListDeviceGroupsRequest,
     ListDevicesRequest,
@@ -66,6 +69,8 @@ from huaweicloudsdkiotda.v5 import (
     UpdateDeviceShadowDesiredDataRequest,
     UpdateProduct,
     UpdateProductRequest,
+    UploadBatchTaskFileRequest,
+    UploadBatchTaskFileRequestBody,
 )
 
 from fleetbatch.settings import Settings
@@ -174,9 +179,9 @@ def wait_finished(client: IoTDAClient, task_id: str) -> Any:
     )
 
 
-def refused(call: Any, *args: Any) -> ClientRequestException:
+def refused(call: Any, *args: Any, **kwargs: Any) -> ClientRequestException:
     with pytest.raises(ClientRequestException) as caught:
-        call(*args)
+        call(*args, **kwargs)
     assert caught.value.request_id, "every error carries X-Request-Id"
     return caught.value
 
@@ -557,3 +562,79 @@ def test_products_devices_groups_and_shadows_through_the_sdk(
         assert error.status_code == 404
         assert outsider.list_devices(ListDevicesRequest()).page.count == 0
         assert outsider.list_device_groups(ListDeviceGroupsRequest()).page.count == 0
+
+
+def xlsx_of(path: Path, rows: list[list[str]]) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in rows:
+        book.active.append(row)
+    book.save(path)
+    return path
+
+
+def xls_of(path: Path, rows: list[list[str]]) -> Path:
+    import xlwt
+
+    book = xlwt.Workbook()
+    sheet = book.add_sheet("devices")
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            sheet.write(r, c, value)
+    book.save(str(path))
+    return path
+
+
+def upload(client: IoTDAClient, path: Path) -> Any:
+    with path.open("rb") as handle:
+        body = UploadBatchTaskFileRequestBody(file=FormFile(handle))
+        return client.upload_batch_task_file(UploadBatchTaskFileRequest(body=body))
+
+
+def test_batch_task_files_as_document_source_through_the_sdk(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client(derived=True)
+        frozen = fleet.device_ids[:2]
+        xlsx = upload(
+            client,
+            xlsx_of(tmp_path / "freeze.xlsx", [["device_id", "note"], *[[d, "x"] for d in frozen]]),
+        )
+        assert xlsx.status_code == 201
+        assert xlsx.file_name == "freeze.xlsx"
+        assert xlsx.upload_time
+        xls = upload(client, xls_of(tmp_path / "unfreeze.xls", [[d] for d in frozen]))
+        files = client.list_batch_task_files(ListBatchTaskFilesRequest()).files
+        assert [f.file_id for f in files] == [xls.file_id, xlsx.file_id]
+
+        task = create(client, "freezeDevices", document_source=xlsx.file_id)
+        assert task.task_progress.total == 2
+        assert wait_finished(client, task.task_id).status == "Success"
+        for device_id in frozen:
+            shown = client.show_device(ShowDeviceRequest(device_id=device_id))
+            assert shown.status == "FROZEN"
+        task = create(client, "unfreezeDevices", document_source=xls.file_id)
+        assert wait_finished(client, task.task_id).status == "Success"
+        assert client.show_device(ShowDeviceRequest(device_id=frozen[0])).status != "FROZEN"
+
+        # not a spreadsheet, a bad id, a file for a command task: refused, nothing kept
+        error = refused(upload, client, tmp_path / "fleet.json")
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+        bad = xlsx_of(tmp_path / "bad.xlsx", [["dev-1"], ["not an id!"]])
+        error = refused(upload, client, bad)
+        assert "row 2" in error.error_msg
+        error = refused(
+            create, client, "createCommands", document_source=xlsx.file_id,
+            document=DOCUMENTS["createCommands"],
+        )  # fmt: skip
+        assert "document_source" in error.error_msg
+        assert len(client.list_batch_task_files(ListBatchTaskFilesRequest()).files) == 2
+
+        deleted = client.delete_batch_task_file(DeleteBatchTaskFileRequest(file_id=xls.file_id))
+        assert deleted.status_code == 204
+        error = refused(create, client, "unfreezeDevices", document_source=xls.file_id)
+        assert error.status_code == 404
+        files = client.list_batch_task_files(ListBatchTaskFilesRequest()).files
+        assert [f.file_id for f in files] == [xlsx.file_id]

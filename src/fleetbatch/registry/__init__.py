@@ -1,14 +1,15 @@
 """The registry: projects, apps and credentials, products, devices, groups.
 
 `Registry` bundles one service per aggregate (`registry.apps`, `.products`, `.devices`,
-`.groups`, `.shadows`); each public method is one unit of work in one transaction, validates before
-it writes, and treats another project's resource as not found.
+`.groups`, `.shadows`, `.batch_files`); each public method is one unit of work in one
+transaction, validates before it writes, and treats another project's resource as not found.
 """
 
 from __future__ import annotations
 
 from fleetbatch.clock import Clock
 from fleetbatch.registry.apps import AppService
+from fleetbatch.registry.batch_files import BatchFileService
 from fleetbatch.registry.devices import DeviceService
 from fleetbatch.registry.groups import GroupService
 from fleetbatch.registry.products import ProductService
@@ -28,10 +29,12 @@ class Registry:
         self.devices = DeviceService(store, vault, clock)
         self.groups = GroupService(store, vault, clock)
         self.shadows = ShadowService(store, vault, clock)
+        self.batch_files = BatchFileService(store, vault, clock)
 
 
 __all__ = [
     "AppService",
+    "BatchFileService",
     "DeviceService",
     "GroupService",
     "ProductService",

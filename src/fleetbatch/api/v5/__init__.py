@@ -8,7 +8,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fleetbatch.api.v5 import batchtasks, devices, groups, products, shadows
+from fleetbatch.api.v5 import (
+    batchtask_files,
+    batchtasks,
+    devices,
+    groups,
+    products,
+    shadows,
+)
 from fleetbatch.api.v5.common import project_scope
 from fleetbatch.api.v5.route import error_body, new_request_id
 from fleetbatch.api.v5.wire import NOT_FOUND
@@ -19,7 +26,7 @@ PREFIX = "/v5/iot/{project_id}"
 def install(app: FastAPI) -> None:
     """Add the v5 operations to `app`, and IoTDA's 404 body for unknown v5 paths."""
     v5 = APIRouter(prefix=PREFIX, dependencies=[Depends(project_scope)])
-    for module in (batchtasks, products, devices, groups, shadows):
+    for module in (batchtasks, batchtask_files, products, devices, groups, shadows):
         v5.include_router(module.router)
     app.include_router(v5)
     app.add_api_route(

@@ -19,6 +19,7 @@ from fleetbatch.domain.errors import Conflict, InvalidInput
 from fleetbatch.domain.registry import check_group_id
 from fleetbatch.domain.tasks import (
     MAX_RETRIES,
+    REGISTRY_TASK_TYPES,
     NewTask,
     Selector,
     SelectorKind,
@@ -200,8 +201,13 @@ class BatchTargetResultsWire(BaseModel):
 # --- mapping ----------------------------------------------------------------------------------
 
 
-def new_task(body: CreateBatchTask, app_id: str) -> tuple[NewTask, list[str] | None]:
-    """The internal request and its explicit device list (None when a selector names them)."""
+def new_task(
+    body: CreateBatchTask, app_id: str, file_device_ids: list[str] | None = None
+) -> tuple[NewTask, list[str] | None]:
+    """The internal request and its explicit device list (None when a selector names them).
+
+    `file_device_ids`: what the `document_source` file lists, when that is the source.
+    """
     try:
         task_type = TaskType(body.task_type)
     except ValueError:
@@ -223,7 +229,12 @@ def new_task(body: CreateBatchTask, app_id: str) -> tuple[NewTask, list[str] | N
     elif body.targets_filter is not None:
         selector = Selector(SelectorKind.GROUPS, group_ids=_group_ids(body.targets_filter))
     elif body.document_source is not None:
-        raise InvalidInput("document_source", "batch task files are not supported yet")
+        if task_type not in REGISTRY_TASK_TYPES:
+            raise InvalidInput(
+                "document_source", "serves deleteDevices, freezeDevices and unfreezeDevices"
+            )
+        assert file_device_ids is not None
+        device_ids = file_device_ids
     else:
         raise InvalidInput("targets", "give targets, targets_filter or document_source")
     new = NewTask(
@@ -347,7 +358,12 @@ async def create_batch_task(
     """Create a batch task over devices (targets, group members); it starts at once or at
     schedule_time."""
     app = await app_of(runtime, who, body.app_id)
-    new, device_ids = new_task(body, app.app_id)
+    from_file = None
+    if body.targets is None and body.targets_filter is None and body.document_source:
+        from_file = await runtime.registry.batch_files.device_ids(
+            who.project_id, body.document_source
+        )
+    new, device_ids = new_task(body, app.app_id, from_file)
     return task_wire(await runtime.tasks.create(new, device_ids))
 
 
