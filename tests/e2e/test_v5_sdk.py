@@ -75,7 +75,7 @@ from huaweicloudsdkiotda.v5 import (
 
 from fleetbatch.settings import Settings
 from support import LOOPBACK
-from support.cli import FLEETBATCH, run_cli_json, store_flags
+from support.cli import FLEETBATCH, run_cli, run_cli_json, store_flags
 from support.serve import ServeProcess, start_healthy, stop_process
 from support.waiting import wait_until_sync
 
@@ -638,3 +638,56 @@ def test_batch_task_files_as_document_source_through_the_sdk(
         assert error.status_code == 404
         files = client.list_batch_task_files(ListBatchTaskFilesRequest()).files
         assert [f.file_id for f in files] == [xlsx.file_id]
+
+
+def test_task_commands_through_a_servers_v5_api(settings: Settings, tmp_path: Path) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        flags = [
+            "--endpoint", fleet.server.http_url, "--ak", fleet.access_key,
+            "--sk", fleet.secret_key, "--project-id", fleet.project_id,
+        ]  # fmt: skip
+        document = json.dumps(DOCUMENTS["createCommands"])
+        targets = [arg for d in fleet.device_ids for arg in ("--device", d)]
+        created = run_cli_json(
+            "task", "create", "--type", "createCommands", "--document", document, *targets, *flags
+        )
+        assert created["total"] == FLEET_SIZE
+        task_id = created["task_id"]
+        done = run_cli_json("task", "watch", task_id, "--timeout", str(WAIT_S), *flags)
+        assert done["status"] == "partial_success"
+        assert done["progress"]["success"] == FLEET_SIZE - 1
+        failed = run_cli_json("task", "details", task_id, "--status", "fail", *flags)
+        assert [s["target"] for s in failed["subtasks"]] == [fleet.failing]
+        # a profile file, derived signing
+        profile = tmp_path / "profile.json"
+        profile.write_text(json.dumps({
+            "endpoint": fleet.server.http_url, "ak": fleet.access_key, "sk": fleet.secret_key,
+            "project_id": fleet.project_id, "region": "cn-north-4",
+        }))  # fmt: skip
+        listed = run_cli_json("task", "list", "--type", "createCommands", "--profile", str(profile))
+        assert [t["task_id"] for t in listed["tasks"]] == [task_id]
+        shown = run_cli_json("task", "show", task_id, "--profile", str(profile))
+        assert shown["name"].startswith("cli_")
+        assert shown["status"] == "partial_success"
+        retried = run_cli_json(
+            "task", "retry", task_id, "--device", fleet.failing, "--profile", str(profile)
+        )
+        assert retried["results"] == [
+            {"target": fleet.failing, "ok": True, "error_code": None, "error_msg": None}
+        ]
+        run_cli_json("task", "watch", task_id, "--timeout", str(WAIT_S), *flags)
+        assert run_cli_json("task", "delete", task_id, *flags) == {
+            "task_id": task_id,
+            "deleted": True,
+        }
+        # the store was not opened: the task is gone through the server
+        missing = run_cli("task", "show", task_id, *flags)
+        assert missing.returncode == 1
+        assert "404" in missing.stderr
+        bad = run_cli("task", "list", "--type", "createCommands", *flags[:-3], "wrong" * 8,
+                      "--project-id", fleet.project_id)  # fmt: skip
+        assert bad.returncode == 1
+        assert "IOTDA.000002" in bad.stderr
+        usage = run_cli("task", "show", task_id, "--endpoint", fleet.server.http_url)
+        assert usage.returncode == 2
+        assert "--ak" in usage.stderr
