@@ -40,6 +40,7 @@ from fleetbatch.devices.transport import BuiltinTransport
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.engine.engine import Engine, EngineConfig
 from fleetbatch.engine.executors import build_executors
+from fleetbatch.engine.outbox import OutboxConfig, OutboxDelivery
 from fleetbatch.engine.shadow_reports import ShadowRecorder
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
@@ -92,6 +93,7 @@ class Server:
         self.authenticator: DeviceAuthenticator | None = None
         self.engine: Engine | None = None
         self.shadows: ShadowRecorder | None = None
+        self.outbox: OutboxDelivery | None = None
         self._began = False
         self._stopped = False
 
@@ -156,6 +158,7 @@ class Server:
             self._cleanup.push_async_callback(self.runtime.close)
             await self._start_devices(self.runtime)
             await self._start_engine(self.runtime)
+            self._start_outbox(self.runtime)
             self.app = create_app(self.runtime)
             self.app.state.channel = self.channel
             self.app.state.presence = self.presence
@@ -304,6 +307,22 @@ class Server:
         )
         self._cleanup.push_async_callback(self.engine.close)
         await self.engine.start()
+
+    def _start_outbox(self, runtime: Runtime) -> None:
+        """The callback delivery loop; stopped before the runtime closes."""
+        if not self.settings.outbox_enabled:
+            return
+        self.outbox = outbox = OutboxDelivery(
+            runtime.store, runtime.clock, OutboxConfig.from_settings(self.settings)
+        )
+        task = asyncio.create_task(outbox.run(), name="fleetbatch-outbox")
+
+        async def stop_outbox() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._cleanup.push_async_callback(stop_outbox)
 
     async def _start_devices(self, runtime: Runtime) -> None:
         """The device channel: the built-in transport on the MQTT ports, or a broker client.

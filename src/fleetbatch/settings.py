@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     db_timeout_s: float = Field(30.0, gt=0)
     default_throttle_per_min: int = Field(100, ge=1)
+    legacy_max_unfinished_tasks: int = Field(
+        1,
+        ge=1,
+        description="Legacy batch tasks an app may have unfinished at once (S003: 105001 "
+        "from the first unfinished one).",
+    )
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     broker: str | None = Field(
@@ -102,6 +108,17 @@ class Settings(BaseSettings):
     )
     command_timeout_s: float = Field(
         20.0, gt=0, description="How long a device has to answer a command (IoTDA: 20 s)."
+    )
+    outbox_enabled: bool = Field(True, description="Deliver callbacks from the outbox in `serve`.")
+    outbox_poll_s: float = Field(0.2, gt=0, description="How often the outbox looks for due rows.")
+    outbox_backoff_s: float = Field(
+        1.0, gt=0, description="The first retry's delay; it doubles per failure."
+    )
+    outbox_backoff_max_s: float = Field(300.0, gt=0, description="The longest retry delay.")
+    outbox_per_url: int = Field(4, ge=1, description="Deliveries in flight to one URL at most.")
+    outbox_timeout_s: float = Field(10.0, gt=0, description="One delivery's HTTP timeout.")
+    outbox_lease_s: float = Field(
+        60.0, gt=0, description="A leased row not marked in this time is delivered again."
     )
 
     @field_validator("broker")

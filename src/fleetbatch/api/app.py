@@ -38,6 +38,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.channel = None
     app.state.presence = None
     app.state.authenticator = None
+    # the legacy OceanConnect dialect (spec: oceanconnect-legacy), on both listeners
+    from fleetbatch.api.legacy import legacy_router
+
+    app.include_router(legacy_router())
     if runtime.settings.broker:
         # the external broker asks these who may connect, publish and subscribe
         from fleetbatch.api.emqx import router as emqx_router

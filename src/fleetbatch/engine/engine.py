@@ -46,6 +46,7 @@ from fleetbatch.engine.executors.base import DeviceExecutor, Executor, StoreExec
 from fleetbatch.engine.expander import expand_step
 from fleetbatch.engine.service import WAKE_CHANNEL, TaskService
 from fleetbatch.settings import Settings
+from fleetbatch.store import outbox as outbox_rows
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
 from fleetbatch.store.database import Store
@@ -289,6 +290,7 @@ class Engine:
             lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
             online_only=executor.online_only(run.task),
             phase=executor.claim_phase(run.task),
+            notify=bool(run.task.callback_url),
         )
         claimed = await steps.claim_batch(self.store, request, worker_id=self.worker_id, now_ms=now)
         if not claimed:
@@ -380,8 +382,10 @@ class Engine:
                     self._outcomes.append((None, outcome))
         while self._outcomes:
             batch = self._outcomes[:MAX_APPLY]
+            # late answers (no run) may belong to a task with a callback: the outbox checks
+            notify = [o.id for run, o in batch if run is None or run.task.callback_url]
             progress = await steps.apply_outcomes(
-                self.store, [o for _, o in batch], now_ms=self.clock.now_ms()
+                self.store, [o for _, o in batch], now_ms=self.clock.now_ms(), notify_ids=notify
             )
             # only once written: on a failure the batch stays queued and is tried again
             del self._outcomes[: len(batch)]
@@ -398,7 +402,10 @@ class Engine:
             return
         try:
             async with self.store.write() as conn:
-                await subtask_rows.set_phase(conn, changes, self.clock.now_ms())
+                now = self.clock.now_ms()
+                await subtask_rows.set_phase(conn, changes, now)
+                # DELIVERED, for tasks with a callback URL (the outbox query picks those)
+                await outbox_rows.enqueue_command_changes(conn, [c[0] for c in changes], now)
         except BaseException:
             self._phases = phases + self._phases  # tried again with the next flush
             raise

@@ -18,7 +18,13 @@ from sqlalchemy.exc import IntegrityError
 
 from fleetbatch.clock import Clock
 from fleetbatch.domain.documents import normalise_document
-from fleetbatch.domain.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from fleetbatch.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+)
 from fleetbatch.domain.ids import ObjectIdGenerator
 from fleetbatch.domain.registry import Page
 from fleetbatch.domain.states import FINISHED_TASK_STATUSES, SubtaskStatus, TaskStatus
@@ -33,6 +39,7 @@ from fleetbatch.domain.tasks import (
 )
 from fleetbatch.engine import steps
 from fleetbatch.registry.common import require_app, require_group, require_product
+from fleetbatch.store import apps as app_rows
 from fleetbatch.store import groups as group_rows
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
@@ -81,12 +88,21 @@ class TaskService:
 
     # --- create -------------------------------------------------------------------------
 
-    async def create(self, new: NewTask, device_ids: Iterable[str] | None = None) -> Task:
+    async def create(
+        self,
+        new: NewTask,
+        device_ids: Iterable[str] | None = None,
+        *,
+        unique_name: bool = False,
+        max_unfinished: int | None = None,
+    ) -> Task:
         """Store a task; an explicit device list (`device_ids`) becomes its subtasks now.
 
         Exactly one of `device_ids` and `new.selector` names the devices. Raises
         InvalidInput, NotFound (app, product, group) or AlreadyExists (a tag pair in use);
-        nothing is written then.
+        nothing is written then. `unique_name`: AlreadyExists("task name") when the app
+        has a task of that name; `max_unfinished`: LimitExceeded when the app already has
+        that many unfinished tasks from the same source (both checked under the app's lock).
         """
         now = self.clock.now_ms()
         new.validate(now)
@@ -98,6 +114,17 @@ class TaskService:
             raise InvalidInput("selector", "a device list is given as the list, not a selector")
         async with self.store.write() as conn:
             app = await require_app(conn, new.app_id)
+            if unique_name or max_unfinished is not None:
+                await app_rows.lock_app(conn, app.app_id)
+            if unique_name and await task_rows.name_taken(conn, app.app_id, new.name):
+                raise AlreadyExists("task name", new.name)
+            if max_unfinished is not None and (
+                await task_rows.count_unfinished(conn, app.app_id, source=new.source)
+                >= max_unfinished
+            ):
+                raise LimitExceeded(
+                    f"app {app.app_id} has {max_unfinished} unfinished task(s) already"
+                )
             selector = await self._resolve(conn, app.project_id, new.app_id, new.selector)
             scheduled = new.policy.schedule_at_ms
             later = scheduled is not None and scheduled > now
@@ -265,8 +292,14 @@ class TaskService:
         project_id: str | None = None,
         status: SubtaskStatus | None = None,
         target: str | None = None,
+        statuses: Sequence[SubtaskStatus] | None = None,
+        subtask_id: int | None = None,
     ) -> tuple[Task, Page[Subtask]]:
-        """The task and page `page_no` (from 0) of its subtasks in creation order."""
+        """The task and page `page_no` (from 0) of its subtasks in creation order.
+
+        `statuses` matches any of several states (a wire status standing for several);
+        `subtask_id` one subtask by its id.
+        """
         if page_no < 0:
             raise InvalidInput("pageNo", "must be 0 or more")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -280,7 +313,13 @@ class TaskService:
                 page_size,
                 status=status,
                 target=target,
-                known_count=_known_count(task, status, target),
+                statuses=statuses,
+                subtask_id=subtask_id,
+                known_count=(
+                    _known_count(task, status, target)
+                    if statuses is None and subtask_id is None
+                    else _known_count_of(task, statuses, target, subtask_id)
+                ),
             )
         return task, found
 

@@ -24,6 +24,7 @@ from fleetbatch.domain.tasks import (
     final_status,
     should_abort,
 )
+from fleetbatch.store import outbox as outbox_rows
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
 from fleetbatch.store.database import Store
@@ -55,6 +56,8 @@ class ClaimRequest:
     lease_until: int
     online_only: bool = False
     phase: str | None = None
+    # the task has a callback URL: the claimed subtasks' new phase is queued in the outbox
+    notify: bool = False
 
 
 async def claim_batch(
@@ -84,16 +87,27 @@ async def claim_batch(
                 deltas[S.PROCESSING] += len(got)
                 claimed.extend(got)
         if claimed:
+            if request.notify:
+                await outbox_rows.enqueue_command_changes(conn, [c.id for c in claimed], now_ms)
             await task_rows.add_counts(conn, request.task_pk, deltas)
         return claimed
 
 
 async def apply_outcomes(
-    store: Store, outcomes: Sequence[Outcome], *, now_ms: int
+    store: Store,
+    outcomes: Sequence[Outcome],
+    *,
+    now_ms: int,
+    notify_ids: Sequence[int] = (),
 ) -> dict[int, Progress]:
-    """Apply a batch of outcomes; the progress of every task that changed."""
+    """Apply a batch of outcomes; the progress of every task that changed.
+
+    `notify_ids`: subtasks whose change may be pushed to a callback URL (outbox, same
+    transaction).
+    """
     async with store.write() as conn:
         deltas = await subtask_rows.apply_outcomes(conn, outcomes, now_ms)
+        await outbox_rows.enqueue_command_changes(conn, notify_ids, now_ms)
         return await add_deltas(conn, deltas)
 
 
@@ -126,6 +140,10 @@ async def time_out_overdue(
             )
             for i, a in late
         ]
+        if task.callback_url:
+            progress = await apply_in(conn, outcomes, now_ms=now_ms)
+            await outbox_rows.enqueue_command_changes(conn, [i for i, _ in late], now_ms)
+            return progress
         return await apply_in(conn, outcomes, now_ms=now_ms)
 
 

@@ -152,6 +152,15 @@ class DeviceService(Service):
         async with self.store.read() as conn:
             return await require_device(conn, project_id, device_id)
 
+    async def owned_by_others(self, app_id: str, device_ids: Sequence[str]) -> list[str]:
+        """Those of `device_ids` that belong to another app (up to the first chunk found)."""
+        async with self.store.read() as conn:
+            for chunk in chunks(list(dict.fromkeys(device_ids)), 5000):
+                found = await device_rows.device_ids_of_other_apps(conn, app_id, chunk)
+                if found:
+                    return found
+        return []
+
     async def find(self, device_id: str) -> Device | None:
         """The device in whichever project holds it, or None (device-side lookups)."""
         async with self.store.read() as conn:

@@ -123,3 +123,12 @@ async def has_grant(conn: AsyncConnection, owner: str, grantee: str) -> bool:
         app_grants.c.owner_app_id == owner, app_grants.c.grantee_app_id == grantee
     )
     return (await conn.execute(query)).first() is not None
+
+
+async def lock_app(conn: AsyncConnection, app_id: str) -> None:
+    """Serialise an app's writers until the transaction ends (PostgreSQL row lock).
+
+    SQLite needs none: a write transaction there holds the single writer lock already.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(apps.c.app_id).where(apps.c.app_id == app_id).with_for_update())

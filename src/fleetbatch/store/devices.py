@@ -115,6 +115,16 @@ async def existing_device_ids(conn: AsyncConnection, device_ids: Sequence[str]) 
     return list((await conn.execute(query)).scalars())
 
 
+async def device_ids_of_other_apps(
+    conn: AsyncConnection, app_id: str, device_ids: Sequence[str]
+) -> list[str]:
+    """Those of `device_ids` registered to an app other than `app_id`."""
+    query = _select_by_device_ids(conn, [devices.c.device_id], device_ids).where(
+        devices.c.app_id != app_id
+    )
+    return list((await conn.execute(query)).scalars())
+
+
 async def add_members_by_device_id(
     conn: AsyncConnection, group_id: str, device_ids: Sequence[str], project_id: str
 ) -> int:

@@ -296,3 +296,61 @@ engine_workers = Table(
     Column("started_at", BigInteger, nullable=False),
     Column("lease_until", BigInteger, nullable=False),
 )
+
+# Legacy northbound tokens (access and refresh), stored as SHA-256 of the token: a token is
+# 256 random bits, so an unsalted hash can be looked up and still reveals nothing.
+legacy_tokens = Table(
+    "legacy_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),  # access | refresh
+    Column("app_id", ForeignKey("apps.app_id"), nullable=False),
+    # a refresh token names the access token issued with it (logout ends both)
+    Column("pair_hash", String(64)),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "expires_at"),
+    Index(None, "pair_hash"),
+)
+
+# Calls per app and minute (fixed windows), counted in the store so every API process
+# shares one budget.
+api_calls = Table(
+    "api_calls",
+    metadata,
+    Column("app_id", String(36), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("calls", Integer, nullable=False),
+)
+
+# Notifications to applications' URLs (legacy command callbacks, later v5 pushes), written
+# in the transaction of the change they report and delivered at least once by the outbox.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", BigInteger, nullable=False),
+    Column("claimed_by", String(64)),
+    Column("lease_until", BigInteger),
+    Column("last_error", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger),
+    Index(None, "delivered_at", "due_at"),
+)
+
+# A request to cancel a device's pending commands (legacy deviceCommandCancelTasks): done at
+# once, kept so it can be listed; `command_ids` is the JSON list of the commands canceled.
+command_cancel_tasks = Table(
+    "command_cancel_tasks",
+    metadata,
+    Column("task_id", String(24), primary_key=True),
+    Column("app_id", ForeignKey("apps.app_id"), nullable=False),
+    Column("device_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("command_ids", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "app_id", "created_at"),
+)

@@ -648,10 +648,15 @@ async def page_by_number(
     *,
     status: SubtaskStatus | None = None,
     target: str | None = None,
+    statuses: Sequence[SubtaskStatus] | None = None,
+    subtask_id: int | None = None,
     known_count: int | None = None,
 ) -> Page[Subtask]:
-    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists)."""
-    where = _filters(task_pk, status, target)
+    """Subtasks in creation order, page `page_no` (from 0) of `page_size` (legacy lists).
+
+    `statuses`: any of these states; `subtask_id`: that subtask only.
+    """
+    where = _filters(task_pk, status, target, statuses, subtask_id)
     rows = (
         await conn.execute(
             select(subtasks)

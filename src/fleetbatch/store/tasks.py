@@ -222,11 +222,13 @@ async def delete_task(conn: AsyncConnection, task_pk: int) -> None:
     await conn.execute(tasks.delete().where(tasks.c.pk == task_pk))
 
 
-async def count_unfinished(conn: AsyncConnection, app_id: str) -> int:
-    """Tasks of an app that have not reached a final status."""
+async def count_unfinished(conn: AsyncConnection, app_id: str, *, source: str | None = None) -> int:
+    """Tasks of an app (from one source, if given) that have not reached a final status."""
     query = select(func.count()).where(
         tasks.c.app_id == app_id, tasks.c.status.in_(ACTIVE_TASK_STATUSES)
     )
+    if source is not None:
+        query = query.where(tasks.c.source == source)
     return int((await conn.execute(query)).scalar_one())
 
 

@@ -1,0 +1,1 @@
+"""Python clients of fleetbatch's northbound dialects (`fleetbatch.sdk.legacy`)."""
