@@ -28,10 +28,13 @@ from huaweicloudsdkiotda.v5 import (
     AddDeviceGroupRequest,
     AddDeviceRequest,
     AddProduct,
+    AsyncDeviceCommandRequest,
     AuthInfo,
     BatchTargets,
+    CreateAsyncCommandRequest,
     CreateBatchTask,
     CreateBatchTaskRequest,
+    CreateCommandRequest,
     CreateOrDeleteDeviceInGroupRequest,
     CreateProductRequest,
     DeleteBatchTaskFileRequest,
@@ -39,6 +42,7 @@ from huaweicloudsdkiotda.v5 import (
     DeleteDeviceGroupRequest,
     DeleteDeviceRequest,
     DeleteProductRequest,
+    DeviceCommandRequest,
     FreezeDeviceRequest,
     IoTDAClient,
     ListBatchTaskFilesRequest,
@@ -51,6 +55,7 @@ from huaweicloudsdkiotda.v5 import (
     RetryBatchTaskRequest,
     ServiceCapability,
     ServiceProperty,
+    ShowAsyncDeviceCommandRequest,
     ShowBatchTaskRequest,
     ShowDeviceGroupRequest,
     ShowDeviceRequest,
@@ -691,3 +696,61 @@ def test_task_commands_through_a_servers_v5_api(settings: Settings, tmp_path: Pa
         usage = run_cli("task", "show", task_id, "--endpoint", fleet.server.http_url)
         assert usage.returncode == 2
         assert "--ak" in usage.stderr
+
+
+def test_single_device_commands_through_the_sdk(settings: Settings, tmp_path: Path) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client()
+        normal = fleet.device_ids[0]
+        command = DeviceCommandRequest(service_id="Reboot", command_name="reboot", paras={"d": 1})
+        answered = client.create_command(CreateCommandRequest(device_id=normal, body=command))
+        assert answered.command_id
+        assert answered.response is not None
+        assert answered.error_code is None
+        failed = client.create_command(CreateCommandRequest(device_id=fleet.failing, body=command))
+        assert failed.error_code
+        # a device that never connected: not online
+        product_id = client.show_device(ShowDeviceRequest(device_id=normal)).product_id
+        offline = client.add_device(
+            AddDeviceRequest(body=AddDevice(node_id="offline", product_id=product_id))
+        ).device_id
+        error = refused(
+            client.create_command, CreateCommandRequest(device_id=offline, body=command)
+        )
+        assert (error.status_code, error.error_code) == (403, "IOTDA.014016")
+
+        now = AsyncDeviceCommandRequest(
+            service_id="Reboot", command_name="reboot", paras={"d": 2}, send_strategy="immediately"
+        )
+        created = client.create_async_command(CreateAsyncCommandRequest(device_id=normal, body=now))
+        assert created.status_code == 201
+        assert created.send_strategy == "immediately"
+
+        def final() -> Any:
+            shown = client.show_async_device_command(
+                ShowAsyncDeviceCommandRequest(device_id=normal, command_id=created.command_id)
+            )
+            return shown if shown.status == "SUCCESSFUL" else None
+
+        done = wait_until_sync(final, timeout_s=WAIT_S, interval_s=0.1, message="command done")
+        assert done.result is not None
+        assert done.sent_time is not None
+        later = AsyncDeviceCommandRequest(
+            service_id="Reboot", command_name="reboot", paras={}, expire_time=600
+        )
+        held = client.create_async_command(CreateAsyncCommandRequest(device_id=offline, body=later))
+        assert (held.status, held.expire_time, held.send_strategy) == ("PENDING", 600, "delay")
+        # not batch tasks, and not another device's
+        assert (
+            client.list_batch_tasks(
+                ListBatchTasksRequest(task_type="createAsyncCommands")
+            ).page.count
+            == 0
+        )
+        error = refused(client.show_batch_task, ShowBatchTaskRequest(task_id=held.command_id))
+        assert error.status_code == 404
+        error = refused(
+            client.show_async_device_command,
+            ShowAsyncDeviceCommandRequest(device_id=normal, command_id=held.command_id),
+        )
+        assert error.status_code == 404

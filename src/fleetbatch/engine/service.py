@@ -240,8 +240,9 @@ class TaskService:
         app_id: str | None = None,
         task_type: str | None = None,
         status: TaskStatus | None = None,
+        exclude_source: str | None = None,
     ) -> Page[Task]:
-        """Tasks of a project, newest first (marker paging)."""
+        """Tasks of a project, newest first (marker paging); none from `exclude_source`."""
         async with self.store.read() as conn:
             return await task_rows.page_tasks(
                 conn,
@@ -250,6 +251,7 @@ class TaskService:
                 app_id=app_id,
                 task_type=task_type,
                 status=status.value if status else None,
+                exclude_source=exclude_source,
             )
 
     async def subtasks(

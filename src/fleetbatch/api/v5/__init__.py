@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fleetbatch.api.v5 import (
     batchtask_files,
     batchtasks,
+    commands,
     devices,
     groups,
     products,
@@ -26,7 +27,15 @@ PREFIX = "/v5/iot/{project_id}"
 def install(app: FastAPI) -> None:
     """Add the v5 operations to `app`, and IoTDA's 404 body for unknown v5 paths."""
     v5 = APIRouter(prefix=PREFIX, dependencies=[Depends(project_scope)])
-    for module in (batchtasks, batchtask_files, products, devices, groups, shadows):
+    for module in (
+        batchtasks,
+        batchtask_files,
+        products,
+        devices,
+        groups,
+        shadows,
+        commands,
+    ):
         v5.include_router(module.router)
     app.include_router(v5)
     app.add_api_route(

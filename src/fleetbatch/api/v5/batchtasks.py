@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from fleetbatch.api.v5 import wire
 from fleetbatch.api.v5.common import ID_PATTERN, PageOut, Paging, RuntimeDep, Signed, app_of
 from fleetbatch.api.v5.route import V5Route
-from fleetbatch.domain.errors import Conflict, InvalidInput
+from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.registry import check_group_id
 from fleetbatch.domain.tasks import (
     MAX_RETRIES,
@@ -29,7 +29,9 @@ from fleetbatch.domain.tasks import (
     TaskType,
 )
 from fleetbatch.domain.timefmt import from_compact, to_compact
+from fleetbatch.engine.device_commands import SOURCE as DEVICE_COMMAND_SOURCE
 from fleetbatch.engine.service import TargetResult
+from fleetbatch.runtime import Runtime
 
 router = APIRouter(route_class=V5Route, tags=["Batch tasks"])
 
@@ -340,6 +342,14 @@ def results_wire(results: list[TargetResult]) -> dict[str, Any]:
     }
 
 
+async def batch_task(runtime: Runtime, project_id: str, task_id: str) -> Task:
+    """The project's batch task; a single-device command (a task inside) is not one."""
+    task = await runtime.tasks.get(task_id, project_id=project_id)
+    if task.source == DEVICE_COMMAND_SOURCE:
+        raise NotFound("task", task_id)
+    return task
+
+
 # --- operations -------------------------------------------------------------------------------
 
 EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
@@ -381,7 +391,12 @@ async def list_batch_tasks(
     """The project's tasks of one type, newest first."""
     internal = wire.TASK_FILTERS[status] if status is not None else None
     page = await runtime.tasks.list_tasks(
-        who.project_id, paging, app_id=app_id, task_type=task_type, status=internal
+        who.project_id,
+        paging,
+        app_id=app_id,
+        task_type=task_type,
+        status=internal,
+        exclude_source=DEVICE_COMMAND_SOURCE,
     )
     return {
         "batchtasks": [task_wire(task) for task in page.items],
@@ -413,6 +428,8 @@ async def show_batch_task(
     task, page = await runtime.tasks.subtasks(
         task_id, project_id=who.project_id, page=paging, target=target, statuses=statuses
     )
+    if task.source == DEVICE_COMMAND_SOURCE:
+        raise NotFound("task", task_id)
     return {
         "batchtask": task_wire(task),
         "task_details": [detail_wire(subtask) for subtask in page.items],
@@ -425,6 +442,7 @@ async def show_batch_task(
 )
 async def delete_batch_task(task_id: TaskId, runtime: RuntimeDep, who: Signed) -> Response:
     """Delete a finished task (Success, Fail, PartialSuccess, Stopped) and its subtasks."""
+    await batch_task(runtime, who.project_id, task_id)
     await runtime.tasks.delete(task_id, project_id=who.project_id)
     return Response(status_code=204)
 
@@ -443,6 +461,7 @@ async def stop_batch_task(
 ) -> dict[str, Any]:
     """Stop the task, or the named targets' waiting, processing and retry-waiting subtasks."""
     targets = body.targets if body and body.targets else None
+    await batch_task(runtime, who.project_id, task_id)
     results = await runtime.tasks.stop(task_id, project_id=who.project_id, targets=targets)
     return results_wire(results)
 
@@ -458,6 +477,7 @@ async def retry_batch_task(
 ) -> dict[str, Any]:
     """Run the failed, retry-waiting and stopped subtasks again (all, or the named targets')."""
     targets = body.targets if body and body.targets else None
+    await batch_task(runtime, who.project_id, task_id)
     results = await runtime.tasks.retry(task_id, project_id=who.project_id, targets=targets)
     return results_wire(results)
 
@@ -473,5 +493,5 @@ async def confirm_batch_task(
 ) -> dict[str, Any]:
     """Release subtasks held for confirmation; only upgrade tasks created with need_confirm
     wait for it, and fleetbatch runs no upgrade tasks yet."""
-    task = await runtime.tasks.get(task_id, project_id=who.project_id)
+    task = await batch_task(runtime, who.project_id, task_id)
     raise Conflict(f"task {task.task_id} ({task.task_type.value}) does not wait for confirmation")

@@ -39,6 +39,15 @@ class Caller:
     project_id: str
 
 
+class WireError(FleetbatchError):
+    """An answer the dialect gives exactly: HTTP status, IoTDA code and message."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+
+
 def new_request_id() -> str:
     """32 hex digits, the shape of Huawei Cloud request ids."""
     return secrets.token_hex(16)
@@ -55,6 +64,8 @@ def error_body(status: int, code: str, message: str, request_id: str) -> JSONRes
 
 def render_error(exc: Exception, request_id: str) -> JSONResponse:
     """The IoTDA response for anything an endpoint raised."""
+    if isinstance(exc, WireError):
+        return error_body(exc.status, exc.error_code, exc.message, request_id)
     if isinstance(exc, FleetbatchError):
         status, code, prefix = wire.error_for(exc)
         return error_body(status, code, f"{prefix} {exc.message}", request_id)
