@@ -645,7 +645,9 @@ def test_batch_task_files_as_document_source_through_the_sdk(
         assert [f.file_id for f in files] == [xlsx.file_id]
 
 
-def test_task_commands_through_a_servers_v5_api(settings: Settings, tmp_path: Path) -> None:
+def test_task_commands_through_a_servers_v5_api(tmp_path: Path) -> None:
+    # the commands only speak HTTP here: the server's store is covered by the SDK tests on both
+    settings = Settings(data_dir=tmp_path / "data", database=None)
     with running_fleet(settings, tmp_path) as fleet:
         flags = [
             "--endpoint", fleet.server.http_url, "--ak", fleet.access_key,

@@ -13,7 +13,15 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetbatch.api.v5 import wire
-from fleetbatch.api.v5.common import ID_PATTERN, PageOut, Paging, RuntimeDep, Signed, app_of
+from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
+    ID_PATTERN,
+    PageOut,
+    Paging,
+    RuntimeDep,
+    Signed,
+    app_of,
+)
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.registry import check_group_id
@@ -351,8 +359,6 @@ async def batch_task(runtime: Runtime, project_id: str, task_id: str) -> Task:
 
 
 # --- operations -------------------------------------------------------------------------------
-
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.post(

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
 from fleetbatch.api.v5.route import Caller, V5Route, WireError
 from fleetbatch.api.v5.wire import SUBTASK_ERROR_CODES
 from fleetbatch.domain.errors import NotFound
@@ -115,9 +115,6 @@ def command_wire(command: DeviceCommand) -> dict[str, Any]:
 
 async def _device_app(runtime: Runtime, who: Caller, device_id: str) -> str:
     return (await runtime.registry.devices.get(who.project_id, device_id)).app_id
-
-
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.post(

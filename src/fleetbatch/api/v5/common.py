@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query
 from fastapi.security import APIKeyHeader
@@ -59,6 +59,8 @@ def page_request(limit: Limit = 10, marker: Marker = MAX_MARKER, offset: Offset 
 
 
 Paging = Annotated[PageRequest, Depends(page_request)]
+# IoTDA's bodies leave out what is not set (the SDK reads a missing key as None)
+EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 Signed = Annotated[Caller, Depends(caller)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 

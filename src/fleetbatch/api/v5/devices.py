@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
     ID_PATTERN,
     PageOut,
     Paging,
@@ -195,9 +196,6 @@ async def _full(
     apps = await app_names(runtime, who)
     products = await product_names(runtime, who, [device])
     return device_wire(device, apps, products, secret=secret)
-
-
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.post(

@@ -7,7 +7,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import ID_PATTERN, PageOut, Paging, RuntimeDep, Signed, app_of
+from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
+    ID_PATTERN,
+    PageOut,
+    Paging,
+    RuntimeDep,
+    Signed,
+    app_of,
+)
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.domain.errors import InvalidInput, NotFound
 from fleetbatch.domain.registry import DeviceGroup
@@ -77,9 +85,6 @@ def group_wire(group: DeviceGroup) -> dict[str, Any]:
         "super_group_id": group.parent_group_id,
         "group_type": "STATIC",
     }
-
-
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.post(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
     ID_PATTERN,
     PageOut,
     Paging,
@@ -111,7 +112,6 @@ def _in_app(product: Product, app_id: str | None) -> Product:
 
 
 AppQuery = Annotated[str | None, Query(max_length=36, pattern=ID_PATTERN)]
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.post(

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.domain.documents import MAX_SHADOW_SERVICES
@@ -90,9 +90,6 @@ def shadow_wire(device_id: str, shadows: list[ServiceShadow]) -> dict[str, Any]:
             for s in shadows
         ],
     }
-
-
-EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
 
 
 @router.get(

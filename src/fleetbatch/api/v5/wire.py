@@ -63,22 +63,6 @@ TASK_WORDS = MappingProxyType(
 )
 TASK_FILTERS = MappingProxyType({word: status for status, word in TASK_WORDS.items()})
 
-# every task_type word IoTDA knows; the engine runs those of `TaskType`
-ALL_TASK_TYPES = (
-    "firmwareUpgrade",
-    "softwareUpgrade",
-    "moduleUpgrade",
-    "createDevices",
-    "updateDevices",
-    "deleteDevices",
-    "freezeDevices",
-    "unfreezeDevices",
-    "createCommands",
-    "createAsyncCommands",
-    "createMessages",
-    "updateDeviceShadows",
-)
-
 
 def task_word(status: TaskStatus, progress: Progress) -> str:
     """A task's status word; a task whose own timeout passed reads as how it ended."""
