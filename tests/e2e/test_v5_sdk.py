@@ -100,6 +100,8 @@ class V5Fleet:
     device_ids: list[str]
     group_id: str
     settings: Settings
+    app_id: str = ""
+    app_secret: str = ""
 
     def client(self, *, derived: bool = False, secret_key: str | None = None) -> IoTDAClient:
         """An SDK client as Huawei's samples build one (derived: the enterprise-edition way)."""
@@ -155,7 +157,7 @@ def running_fleet(settings: Settings, tmp_path: Path) -> Iterator[V5Fleet]:
         wait_online(settings, app["app_id"], FLEET_SIZE)
         yield V5Fleet(
             server, app["project_id"], app["access_key"], app["secret_key"],
-            device_ids, created["group_id"], settings,
+            device_ids, created["group_id"], settings, app["app_id"], app["secret"],
         )  # fmt: skip
     finally:
         sim.kill()
@@ -189,6 +191,27 @@ def refused(call: Any, *args: Any, **kwargs: Any) -> ClientRequestException:
         call(*args, **kwargs)
     assert caught.value.request_id, "every error carries X-Request-Id"
     return caught.value
+
+
+def assert_visible_to_legacy(fleet: V5Fleet, task_id: str) -> None:
+    """The same task through the OceanConnect dialect (a command task is a DeviceCmd)."""
+    from fleetbatch.sdk.legacy import (
+        Authentication,
+        BatchProcess,
+        NorthApiClient,
+        QueryOneTaskOutDTO,
+    )
+
+    ca = str(fleet.settings.data_dir / "tls" / "ca.pem")
+    north = NorthApiClient(
+        LOOPBACK, fleet.server.https_port, fleet.app_id, fleet.app_secret, verify=ca
+    )
+    token = json.loads(Authentication(north).getAuthToken())["accessToken"]
+    view = QueryOneTaskOutDTO.from_json(
+        BatchProcess(north).queryOneTask(task_id, None, None, token)
+    )
+    assert (view.taskId, view.taskType, view.status) == (task_id, "DeviceCmd", "Complete")
+    assert (view.totalCnt, view.successCnt, view.failCnt) == (FLEET_SIZE, FLEET_SIZE - 1, 1)
 
 
 DOCUMENTS: dict[str, dict[str, Any]] = {
@@ -229,6 +252,8 @@ def test_batch_tasks_of_every_type_through_the_sdk(settings: Settings, tmp_path:
                 assert failed.task_details[0].status == "Fail"
                 assert failed.task_details[0].error.error_code
                 assert failed.page.count == 1
+                if task_type == "createCommands":
+                    assert_visible_to_legacy(fleet, created.task_id)
             else:
                 assert done.status == "Success", (task_type, progress)
         # registry operations: freeze, unfreeze, delete one device
