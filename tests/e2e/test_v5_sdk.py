@@ -35,6 +35,7 @@ from huaweicloudsdkiotda.v5 import (
     CreateBatchTask,
     CreateBatchTaskRequest,
     CreateCommandRequest,
+    CreateMessageRequest,
     CreateOrDeleteDeviceInGroupRequest,
     CreateProductRequest,
     DeleteBatchTaskFileRequest,
@@ -43,11 +44,13 @@ from huaweicloudsdkiotda.v5 import (
     DeleteDeviceRequest,
     DeleteProductRequest,
     DeviceCommandRequest,
+    DeviceMessageRequest,
     FreezeDeviceRequest,
     IoTDAClient,
     ListBatchTaskFilesRequest,
     ListBatchTasksRequest,
     ListDeviceGroupsRequest,
+    ListDeviceMessagesRequest,
     ListDevicesRequest,
     ListProductsRequest,
     ResetDeviceSecret,
@@ -58,6 +61,7 @@ from huaweicloudsdkiotda.v5 import (
     ShowAsyncDeviceCommandRequest,
     ShowBatchTaskRequest,
     ShowDeviceGroupRequest,
+    ShowDeviceMessageRequest,
     ShowDeviceRequest,
     ShowDeviceShadowRequest,
     ShowDevicesInGroupRequest,
@@ -781,3 +785,49 @@ def test_single_device_commands_through_the_sdk(settings: Settings, tmp_path: Pa
             ShowAsyncDeviceCommandRequest(device_id=normal, command_id=held.command_id),
         )
         assert error.status_code == 404
+
+
+def test_single_device_messages_through_the_sdk(settings: Settings, tmp_path: Path) -> None:
+    with running_fleet(settings, tmp_path) as fleet:
+        client = fleet.client()
+        device = fleet.device_ids[0]
+        sent = client.create_message(
+            CreateMessageRequest(
+                device_id=device, body=DeviceMessageRequest(message="hello", name="greet")
+            )
+        )
+        assert sent.status_code == 201
+        assert sent.result.status in ("PENDING", "DELIVERED")
+
+        def delivered() -> Any:
+            shown = client.show_device_message(
+                ShowDeviceMessageRequest(device_id=device, message_id=sent.message_id)
+            )
+            return shown if shown.status == "DELIVERED" else None
+
+        shown = wait_until_sync(delivered, timeout_s=WAIT_S, interval_s=0.1, message="delivered")
+        assert (shown.message, shown.name) == ("hello", "greet")
+        assert shown.finished_time is not None
+        named = DeviceMessageRequest(message_id="m-1", message={"k": "v"}, topic="alerts")
+        assert (
+            client.create_message(CreateMessageRequest(device_id=device, body=named)).message_id
+            == "m-1"
+        )
+        again = refused(client.create_message, CreateMessageRequest(device_id=device, body=named))
+        assert (again.status_code, again.error_code) == (400, "IOTDA.000006")
+        listed = client.list_device_messages(ListDeviceMessagesRequest(device_id=device))
+        assert [m.message_id for m in listed.messages] == ["m-1", sent.message_id]
+        assert listed.messages[0].topic == "alerts"
+        # one device's message is not another's, and no batch task
+        error = refused(
+            client.show_device_message,
+            ShowDeviceMessageRequest(device_id=fleet.device_ids[1], message_id="m-1"),
+        )
+        assert error.status_code == 404
+        assert (
+            client.list_batch_tasks(ListBatchTasksRequest(task_type="createMessages")).page.count
+            == 0
+        )
+        bad = DeviceMessageRequest(message="x", topic="a", topic_full_name="b")
+        error = refused(client.create_message, CreateMessageRequest(device_id=device, body=bad))
+        assert "topic" in error.error_msg

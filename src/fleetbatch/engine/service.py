@@ -240,9 +240,9 @@ class TaskService:
         app_id: str | None = None,
         task_type: str | None = None,
         status: TaskStatus | None = None,
-        exclude_source: str | None = None,
+        exclude_sources: Sequence[str] = (),
     ) -> Page[Task]:
-        """Tasks of a project, newest first (marker paging); none from `exclude_source`."""
+        """Tasks of a project, newest first (marker paging); none from `exclude_sources`."""
         async with self.store.read() as conn:
             return await task_rows.page_tasks(
                 conn,
@@ -251,7 +251,7 @@ class TaskService:
                 app_id=app_id,
                 task_type=task_type,
                 status=status.value if status else None,
-                exclude_source=exclude_source,
+                exclude_sources=exclude_sources,
             )
 
     async def subtasks(

@@ -130,9 +130,9 @@ async def page_tasks(
     app_id: str | None = None,
     task_type: str | None = None,
     status: str | None = None,
-    exclude_source: str | None = None,
+    exclude_sources: Sequence[str] = (),
 ) -> Page[Task]:
-    """Tasks newest first, marker-paged by pk (none from `exclude_source`)."""
+    """Tasks newest first, marker-paged by pk (none from `exclude_sources`)."""
     where = [tasks.c.project_id == project_id]
     if app_id is not None:
         where.append(tasks.c.app_id == app_id)
@@ -140,8 +140,8 @@ async def page_tasks(
         where.append(tasks.c.task_type == task_type)
     if status is not None:
         where.append(tasks.c.status == status)
-    if exclude_source is not None:
-        where.append(tasks.c.source != exclude_source)
+    if exclude_sources:
+        where.append(tasks.c.source.not_in(list(exclude_sources)))
     rows, count, marker = await fetch_page(conn, select(tasks), tasks.c.pk, where, page)
     return Page(items=[task_from_row(row) for row in rows], count=count, marker=marker)
 

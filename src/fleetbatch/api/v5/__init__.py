@@ -14,6 +14,7 @@ from fleetbatch.api.v5 import (
     commands,
     devices,
     groups,
+    messages,
     products,
     shadows,
 )
@@ -35,6 +36,7 @@ def install(app: FastAPI) -> None:
         groups,
         shadows,
         commands,
+        messages,
     ):
         v5.include_router(module.router)
     app.include_router(v5)

@@ -38,8 +38,12 @@ from fleetbatch.domain.tasks import (
 )
 from fleetbatch.domain.timefmt import from_compact, to_compact
 from fleetbatch.engine.device_commands import SOURCE as DEVICE_COMMAND_SOURCE
+from fleetbatch.engine.device_messages import SOURCE as DEVICE_MESSAGE_SOURCE
 from fleetbatch.engine.service import TargetResult
 from fleetbatch.runtime import Runtime
+
+# single-device commands and messages are tasks inside, never batch tasks on the wire
+SINGLE_DEVICE_SOURCES = (DEVICE_COMMAND_SOURCE, DEVICE_MESSAGE_SOURCE)
 
 router = APIRouter(route_class=V5Route, tags=["Batch tasks"])
 
@@ -353,7 +357,7 @@ def results_wire(results: list[TargetResult]) -> dict[str, Any]:
 async def batch_task(runtime: Runtime, project_id: str, task_id: str) -> Task:
     """The project's batch task; a single-device command (a task inside) is not one."""
     task = await runtime.tasks.get(task_id, project_id=project_id)
-    if task.source == DEVICE_COMMAND_SOURCE:
+    if task.source in SINGLE_DEVICE_SOURCES:
         raise NotFound("task", task_id)
     return task
 
@@ -402,7 +406,7 @@ async def list_batch_tasks(
         app_id=app_id,
         task_type=task_type,
         status=internal,
-        exclude_source=DEVICE_COMMAND_SOURCE,
+        exclude_sources=SINGLE_DEVICE_SOURCES,
     )
     return {
         "batchtasks": [task_wire(task) for task in page.items],
@@ -434,7 +438,7 @@ async def show_batch_task(
     task, page = await runtime.tasks.subtasks(
         task_id, project_id=who.project_id, page=paging, target=target, statuses=statuses
     )
-    if task.source == DEVICE_COMMAND_SOURCE:
+    if task.source in SINGLE_DEVICE_SOURCES:
         raise NotFound("task", task_id)
     return {
         "batchtask": task_wire(task),
