@@ -108,13 +108,24 @@ def create_app(
     project_id: Annotated[
         str | None, typer.Option("--project-id", help="Add the app to this existing project.")
     ] = None,
+    throttle_per_min: Annotated[
+        int | None,
+        typer.Option(
+            "--throttle-per-min",
+            min=1,
+            help="Legacy API calls a minute the app may make (default: "
+            "FLEETBATCH_DEFAULT_THROTTLE_PER_MIN, 100).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a project, an app in it and their credentials; print them once."""
     settings = build_settings(data_dir=data_dir, database=database)
 
     async def work(runtime: Runtime) -> AppCredentials:
-        return await runtime.registry.apps.create(name, project_id=project_id)
+        return await runtime.registry.apps.create(
+            name, project_id=project_id, throttle_per_min=throttle_per_min
+        )
 
     credentials = run_with_runtime(settings, work)
     result = {
@@ -234,13 +245,21 @@ def list_apps(
         return await runtime.registry.apps.list_all()
 
     found = run_with_runtime(settings, work)
-    rows = [{"app_id": a.app_id, "project_id": a.project_id, "name": a.name} for a in found]
+    rows: list[dict[str, Any]] = [
+        {
+            "app_id": a.app_id,
+            "project_id": a.project_id,
+            "name": a.name,
+            "throttle_per_min": a.throttle_per_min,
+        }
+        for a in found
+    ]
     if json_out:
         print(json.dumps(rows))
         return
-    table = Table("app_id", "project_id", "name")
+    table = Table("app_id", "project_id", "name", "calls/min")
     for row in rows:
-        table.add_row(row["app_id"], row["project_id"], row["name"])
+        table.add_row(row["app_id"], row["project_id"], row["name"], str(row["throttle_per_min"]))
     Console().print(table)
 
 

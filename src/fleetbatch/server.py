@@ -33,6 +33,7 @@ import uvicorn.config
 from fastapi import FastAPI
 
 from fleetbatch.api import Phase, create_app, set_phase
+from fleetbatch.clock import Clock
 from fleetbatch.devices.authenticator import DeviceAuthenticator
 from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.devices.presence import PresenceRecorder
@@ -77,8 +78,10 @@ class Server:
     bound ports (port 0 picks a free one) are `http_port` and `https_port` once started.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        # the services' clock (tests move it forward); the system clock by default
+        self.clock = clock
         self.runtime: Runtime | None = None
         self.app: FastAPI | None = None
         self.tls: TlsFiles | None = None
@@ -154,7 +157,7 @@ class Server:
         try:
             # RSA key generation on first start takes a while: keep it off the loop
             self.tls = await asyncio.to_thread(ensure_tls_files, self.settings)
-            self.runtime = await Runtime.open(self.settings)
+            self.runtime = await Runtime.open(self.settings, clock=self.clock)
             self._cleanup.push_async_callback(self.runtime.close)
             await self._start_devices(self.runtime)
             await self._start_engine(self.runtime)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -43,6 +44,7 @@ from fleetbatch.sdk.legacy import (
 )
 from fleetbatch.settings import Settings
 from fleetbatch.sim import FleetDevice, Simulator
+from fleetbatch.tls import ensure_tls_files
 from support import LOOPBACK
 from support.serve import start_healthy, stop_process
 from support.waiting import wait_until
@@ -61,7 +63,9 @@ async def call(function: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(function, *args)
 
 
-async def test_sdk_and_raw_http_drive_batch_tasks_on_a_served_fleet(settings: Settings) -> None:
+async def test_sdk_and_raw_http_drive_batch_tasks_on_a_served_fleet(
+    settings: Settings, tmp_path: Path
+) -> None:
     async with await Runtime.open(settings) as runtime:
         registry = runtime.registry
         app = await registry.apps.create("legacy-e2e")
@@ -86,6 +90,13 @@ async def test_sdk_and_raw_http_drive_batch_tasks_on_a_served_fleet(settings: Se
             await sim.wait_connected(timeout_s=30)
             auth = Authentication(client)
             token = json.loads(await call(auth.getAuthToken))["accessToken"]
+            # the legacy SDKs present a client certificate: it is never asked for, never refused
+            own = await asyncio.to_thread(ensure_tls_files, Settings(data_dir=tmp_path / "app"))
+            with NorthApiClient(
+                LOOPBACK, server.https_port, app.app_id, app.secret, verify=ca,
+                cert=(str(own.cert), str(own.key)),
+            ) as with_cert:  # fmt: skip
+                assert json.loads(await call(Authentication(with_cert).getAuthToken))["scope"]
             batch = BatchProcess(client)
             command = CommandDTO(serviceId="svc", method="reboot", paras={"on": True})
             cases: list[tuple[ObjectNode, int, int]] = [

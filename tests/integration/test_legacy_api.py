@@ -20,6 +20,7 @@ from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.store import tokens as token_rows
 from fleetbatch.vault import hash_token
+from support.cli import run_cli_json, store_flags
 from support.engine import Fleet, engine_settings, running_fleet
 from support.legacy import BATCH, SEC, assert_error, device_cmd, headers, login
 from support.waiting import wait_until
@@ -139,6 +140,16 @@ async def test_throttling_counts_calls_per_app_in_the_store(settings: Settings) 
         own = await login(client, fleet.app.app_id, fleet.app.secret)
         assert_error(await client.get(call, headers=headers(fleet.app.app_id, own)), 404,
                      "105005")  # fmt: skip
+
+
+def test_an_app_gets_its_own_call_limit_from_the_cli(settings: Settings) -> None:
+    flags = store_flags(settings)
+    created = run_cli_json(
+        "admin", "create-app", *flags, "--name", "slow", "--throttle-per-min", "7", "--json"
+    )
+    listed = run_cli_json("admin", "list-apps", *flags, "--json")
+    (app,) = [a for a in listed if a["app_id"] == created["app_id"]]
+    assert app["throttle_per_min"] == 7
 
 
 # --- batch tasks: errors --------------------------------------------------------------

@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 
+from fleetbatch.clock import SystemClock
 from fleetbatch.domain.registry import NewDevice
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
 from fleetbatch.domain.tasks import TaskType
+from fleetbatch.server import Server
 from fleetbatch.settings import Settings
 from support.engine import Fleet, check_counters, engine_settings, running_fleet
 from support.legacy import BATCH, assert_error, device_cmd, headers, login
@@ -252,3 +254,44 @@ async def test_an_offline_device_keeps_its_command_pending_and_the_task_running(
             await client.get(f"{BATCH}/taskDetails", headers=sent, params={"taskId": task_id,
                              "status": "Expired"}), 400, "100022"
         )  # fmt: skip
+
+
+class MovableClock:
+    """The system clock plus an offset the test moves forward (the only time double)."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return SystemClock().now_ms() + self.offset_ms
+
+
+async def test_a_task_past_its_timeout_reads_timeout(settings: Settings) -> None:
+    clock = MovableClock()
+    async with Server(engine_settings(settings), clock=clock) as server:
+        assert server.runtime is not None
+        registry = server.runtime.registry
+        app = await registry.apps.create("timeouts")
+        product = await registry.products.default(app.app_id)
+        (device,) = await registry.devices.create_many(
+            app.app_id, product.product_id, [NewDevice("asleep")]
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}") as client:
+            sent = headers(app.app_id, await login(client, app.app_id, app.secret))
+            listed = {"type": "DeviceList", "deviceList": [device.device_id]}
+            task_id = await create(client, sent, device_cmd("late", listed, timeout=10))
+            view = (await client.get(f"{BATCH}/tasks/{task_id}", headers=sent)).json()
+            assert (view["status"], view["timeout"]) == ("Running", 10)
+            clock.offset_ms = 10 * 60 * 1000 + 1000  # the task's 10 minutes have passed
+
+            async def timed_out() -> dict[str, Any] | None:
+                response = await client.get(f"{BATCH}/tasks/{task_id}", headers=sent)
+                body: dict[str, Any] = response.json()
+                return body if body["status"] == "Timeout" else None
+
+            view = await wait_until(timed_out, timeout_s=15, message="the task timed out")
+            assert (view["timeoutCnt"], view["completeCnt"], view["successRate"]) == (1, 1, 0)
+            page = await details(client, sent, task_id, status="Timeout")
+            (item,) = page["taskDetails"]
+            assert json.loads(item["error"])["error_code"] == "task.timeout"
+            assert (await server.runtime.tasks.get(task_id)).status is TaskStatus.TIMEOUT

@@ -17,6 +17,13 @@ def command_status_body(device_id: str, command_id: str, phase: str, detail: Any
     }
 
 
+def result_detail(answer: Any) -> Any:
+    """`resultDetail`: the paras of the device's command response (None when it had none)."""
+    if isinstance(answer, dict) and "paras" in answer:
+        return answer["paras"]
+    return answer
+
+
 def retry_delay_s(failures: int, base_s: float, max_s: float) -> float:
     """Exponential back-off: `base_s` after the first failure, doubling, at most `max_s`."""
     if failures <= 0:

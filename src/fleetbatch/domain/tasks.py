@@ -26,6 +26,9 @@ DEFAULT_COMMAND_TIMEOUT_S = 20.0
 # a down message's PUBACK, a shadow push's delivery
 DEFAULT_DELIVERY_TIMEOUT_S = 10.0
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+# the source of single-device commands (engine/device_commands.py): one-subtask tasks
+# that no batch-task list or query shows
+DEVICE_COMMAND_SOURCE = "device_command"
 
 
 class TaskType(StrEnum):

@@ -20,11 +20,18 @@ import orjson
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.ids import ObjectIdGenerator
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
-from fleetbatch.domain.tasks import NewTask, Subtask, Task, TaskPolicy, TaskType
+from fleetbatch.domain.tasks import (
+    DEVICE_COMMAND_SOURCE,
+    NewTask,
+    Subtask,
+    Task,
+    TaskPolicy,
+    TaskType,
+)
 from fleetbatch.engine.service import TaskService
 from fleetbatch.store import device_commands as command_rows
 
-SOURCE = "device_command"
+SOURCE = DEVICE_COMMAND_SOURCE
 PENDING = "PENDING"
 CANCELED = "CANCELED"
 # a cancel task is carried out when it is made

@@ -17,12 +17,11 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetbatch.domain.ids import format_record_id
-from fleetbatch.domain.outbox import NOTIFIED_PHASES, command_status_body
+from fleetbatch.domain.outbox import NOTIFIED_PHASES, command_status_body, result_detail
+from fleetbatch.domain.tasks import DEVICE_COMMAND_SOURCE
 from fleetbatch.store.schema import outbox, subtasks, tasks
 
 o = outbox.c
-# single-device commands are known by their task id; a batch subtask by its record id
-DEVICE_COMMAND_SOURCE = "device_command"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +61,11 @@ async def enqueue_command_changes(
         return 0
     values = []
     for row in rows:
+        # a single-device command is known by its task id, a batch subtask by its record id
         command_id = (
             row.task_id if row.source == DEVICE_COMMAND_SOURCE else format_record_id(row.id)
         )
-        detail = orjson.loads(row.output) if row.output else None
+        detail = result_detail(orjson.loads(row.output)) if row.output else None
         body = command_status_body(row.target, command_id, row.phase, detail)
         values.append(
             {

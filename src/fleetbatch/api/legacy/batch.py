@@ -31,6 +31,7 @@ from fleetbatch.domain import legacy as L
 from fleetbatch.domain.errors import NotFound
 from fleetbatch.domain.ids import format_record_id, is_hex24
 from fleetbatch.domain.tasks import (
+    DEVICE_COMMAND_SOURCE,
     NewTask,
     Selector,
     SelectorKind,
@@ -45,8 +46,6 @@ from fleetbatch.domain.timefmt import to_compact
 router = APIRouter(prefix="/iocm/app/batchtask/v1.1.0", route_class=LegacyRoute)
 
 SOURCE = "legacy"
-# the source of single-device commands (engine/device_commands.py): never a batch task
-DEVICE_COMMAND_SOURCE = "device_command"
 _TASK_TYPES = {
     TaskType.CREATE_ASYNC_COMMANDS: L.DEVICE_CMD,
     TaskType.CREATE_COMMANDS: L.DEVICE_CMD,

@@ -26,6 +26,7 @@ from fleetbatch.api.legacy.errors import Api, fail, translate
 from fleetbatch.api.legacy.schemas import CommandDTO, Wire, first_problem
 from fleetbatch.domain.errors import FleetbatchError, NotFound
 from fleetbatch.domain.ids import is_hex24
+from fleetbatch.domain.outbox import result_detail
 from fleetbatch.domain.timefmt import from_compact, to_compact
 from fleetbatch.engine import device_commands as dc
 from fleetbatch.engine.device_commands import CancelTask, DeviceCommand, DeviceCommands
@@ -66,7 +67,7 @@ def command_view(command: DeviceCommand) -> dict[str, Any]:
     """The command record (spec §3.1: DeviceCommandRespV4)."""
     result = None
     if command.finished:
-        result = {"resultCode": command.status, "resultDetail": command.result}
+        result = {"resultCode": command.status, "resultDetail": result_detail(command.result)}
     delivered = command.status in ("DELIVERED", "SUCCESSFUL", "FAILED", "TIMEOUT")
     return {
         "commandId": command.command_id,
