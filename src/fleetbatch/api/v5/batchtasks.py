@@ -26,6 +26,7 @@ from fleetbatch.api.v5.route import V5Route
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.registry import check_group_id
 from fleetbatch.domain.tasks import (
+    DEVICE_COMMAND_SOURCE,
     MAX_RETRIES,
     REGISTRY_TASK_TYPES,
     NewTask,
@@ -37,7 +38,6 @@ from fleetbatch.domain.tasks import (
     TaskType,
 )
 from fleetbatch.domain.timefmt import from_compact, to_compact
-from fleetbatch.engine.device_commands import SOURCE as DEVICE_COMMAND_SOURCE
 from fleetbatch.engine.device_messages import SOURCE as DEVICE_MESSAGE_SOURCE
 from fleetbatch.engine.service import TargetResult
 from fleetbatch.runtime import Runtime
