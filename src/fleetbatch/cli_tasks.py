@@ -4,6 +4,10 @@ Every command opens the store the way the admin commands do (`--data-dir`, `--da
 works while `fleetbatch serve` runs on it: a task created here is stored, and the server's
 engine picks it up on its next sweep (`engine_sweep_s`). The CLI has the rights of an
 administrator: it sees the tasks of every project.
+
+With `--endpoint --ak --sk --project-id` (or `--profile FILE`) a command works against a
+running server through its IoTDA v5 API instead, signed as the SDK signs, with the rights of
+that key: one project's tasks (`cli_remote`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich import box
@@ -42,10 +46,12 @@ from fleetbatch.cli_common import (
     JsonOpt,
     build_settings,
     err_console,
+    exit_code_for,
     fail,
     run_with_runtime,
 )
-from fleetbatch.domain.errors import InvalidInput
+from fleetbatch.cli_remote import RemoteTasks
+from fleetbatch.domain.errors import FleetbatchError, InvalidInput
 from fleetbatch.domain.ids import MAX_MARKER, format_record_id
 from fleetbatch.domain.registry import Page
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
@@ -63,6 +69,7 @@ from fleetbatch.domain.timefmt import from_compact, to_compact, to_iso_ms
 from fleetbatch.engine.service import TargetResult
 from fleetbatch.runtime import Runtime
 from fleetbatch.store.paging import MAX_LIMIT, PageRequest
+from fleetbatch.v5_client import V5Client, V5Profile, load_profile
 
 task_app = typer.Typer(
     help="Batch tasks: create, show, list, page subtasks, watch, stop, retry, delete.",
@@ -73,7 +80,50 @@ WATCH_POLL_S = 0.5
 # device ids read from a targets file per list handed to the service
 TARGETS_CHUNK = 5000
 
+T = TypeVar("T")
 TaskIdArg = Annotated[str, typer.Argument(help="The task id (24 hex).")]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--profile",
+        help="JSON file with endpoint, ak, sk, project_id (and region for derived signing); "
+        "the flags below override it.",
+        rich_help_panel="Through a server's v5 API",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        help="Work against this server (http://host:port) through its IoTDA v5 API.",
+        rich_help_panel="Through a server's v5 API",
+    ),
+]
+AkOpt = Annotated[
+    str | None,
+    typer.Option("--ak", help="Access key.", rich_help_panel="Through a server's v5 API"),
+]
+SkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sk",
+        help="Secret key (or FLEETBATCH_V5_SK).",
+        envvar="FLEETBATCH_V5_SK",
+        rich_help_panel="Through a server's v5 API",
+    ),
+]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option("--project-id", help="Project id.", rich_help_panel="Through a server's v5 API"),
+]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="Sign with the derived V11-HMAC-SHA256 for this region id (e.g. cn-north-4).",
+        rich_help_panel="Through a server's v5 API",
+    ),
+]
 DevicesOpt = Annotated[
     list[str] | None,
     typer.Option("--device", help="Only this device's subtask; repeatable."),
@@ -92,6 +142,72 @@ STATE_STYLES: Mapping[str, str] = {
 }
 # shown even at 0; the others only once something is in them
 ALWAYS_SHOWN = ("waiting", "processing", "success", "fail")
+
+
+class TaskCalls(Protocol):
+    """What the commands call: `TaskService` locally, `RemoteTasks` through a server."""
+
+    async def create(self, new: NewTask, device_ids: Iterable[str] | None = None) -> Task: ...
+
+    async def get(self, task_id: str) -> Task: ...
+
+    async def subtasks(
+        self,
+        task_id: str,
+        *,
+        page: PageRequest,
+        status: SubtaskStatus | None,
+        target: str | None,
+    ) -> tuple[Task, Page[Subtask]]: ...
+
+    async def stop(self, task_id: str, *, targets: Sequence[str] | None) -> list[TargetResult]: ...
+
+    async def retry(self, task_id: str, *, targets: Sequence[str] | None) -> list[TargetResult]: ...
+
+    async def delete(self, task_id: str) -> None: ...
+
+
+def remote_profile(
+    profile: Path | None,
+    endpoint: str | None,
+    ak: str | None,
+    sk: str | None,
+    project_id: str | None,
+    region: str | None,
+) -> V5Profile | None:
+    """The server to work against, or None to open the store; usage errors end the command."""
+    try:
+        return load_profile(
+            profile, endpoint=endpoint, ak=ak, sk=sk, project_id=project_id, region=region
+        )
+    except InvalidInput as exc:
+        raise _usage(exc) from None
+
+
+def run_remote(remote: V5Profile, work: Callable[[RemoteTasks], Awaitable[T]]) -> T:
+    """Run `work` against the server; fleetbatch errors become one-line messages."""
+
+    async def _main() -> T:
+        async with V5Client(remote) as client:
+            return await work(RemoteTasks(client))
+
+    try:
+        return asyncio.run(_main())
+    except FleetbatchError as exc:
+        raise fail(exc.message, exit_code_for(exc)) from None
+
+
+def run_tasks(
+    remote: V5Profile | None,
+    data_dir: Path | None,
+    database: str | None,
+    work: Callable[[TaskCalls], Awaitable[T]],
+) -> T:
+    """Run `work` over the store's task service, or over the server's v5 API."""
+    if remote is not None:
+        return run_remote(remote, work)
+    settings = build_settings(data_dir=data_dir, database=database)
+    return run_with_runtime(settings, lambda runtime: work(runtime.tasks))
 
 
 # --- parsing what the user typed ------------------------------------------------------------
@@ -386,7 +502,6 @@ def _print_results(task_id: str, action: str, results: list[TargetResult], json_
 
 @task_app.command("create")
 def create(
-    app_id: Annotated[str, typer.Option("--app", help="The app the task belongs to.")],
     type_text: Annotated[
         str,
         typer.Option(
@@ -436,11 +551,28 @@ def create(
     name: Annotated[
         str | None, typer.Option("--name", help="Task name \\[default: cli-<time>-<random>].")
     ] = None,
+    app_id: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            help="The app the task belongs to (required on the store; through v5 the "
+            "project's default app unless given).",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Create a batch task; print its id. The running server's engine carries it out."""
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
+    if remote is None and app_id is None:
+        raise fail("--app is required (or work through a server with --endpoint)", EXIT_USAGE)
     chosen = [
         flag
         for flag, given in (
@@ -474,17 +606,17 @@ def create(
     elif all_devices:
         selector = Selector(SelectorKind.ALL)
     new = NewTask(
-        app_id=app_id,
+        app_id=app_id or "",
         task_type=task_type,
-        name=name or _default_name(),
+        # v5 task names take letters, digits and `_` only
+        name=name or (_default_name().replace("-", "_") if remote else _default_name()),
         document=document,
         selector=selector,
         policy=policy,
         source="cli",
     )
-    settings = build_settings(data_dir=data_dir, database=database)
 
-    async def work(runtime: Runtime) -> Task:
+    async def work(tasks: TaskCalls) -> Task:
         device_ids: Iterable[str] | None = None
         if devices:
             device_ids = devices
@@ -492,9 +624,9 @@ def create(
             # read while the service inserts, chunk by chunk; this loop serves only this
             # command, so reading the file inline holds up nothing else
             device_ids = non_empty(read_targets(targets_file), "--targets-file")
-        return await runtime.tasks.create(new, device_ids)
+        return await tasks.create(new, device_ids)
 
-    task = run_with_runtime(settings, work)
+    task = run_tasks(remote, data_dir, database, work)
     if json_out:
         print(
             json.dumps(
@@ -533,14 +665,20 @@ def show(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """One task: status, progress by subtask state, document, policy, times."""
-    settings = build_settings(data_dir=data_dir, database=database)
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
-    async def work(runtime: Runtime) -> Task:
-        return await runtime.tasks.get(task_id)
+    async def work(tasks: TaskCalls) -> Task:
+        return await tasks.get(task_id)
 
-    task = run_with_runtime(settings, work)
+    task = run_tasks(remote, data_dir, database, work)
     if json_out:
         print(json.dumps(task_json(task)))
         return
@@ -564,15 +702,24 @@ def list_tasks(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """A page of tasks, newest first; `--marker` continues where the last page ended."""
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
     status_value = _task_status(status)
     try:
         task_type = parse_task_type(type_text).value if type_text is not None else None
         page = PageRequest(limit=limit, marker=marker or MAX_MARKER)
     except InvalidInput as exc:
         raise _usage(exc) from None
-    settings = build_settings(data_dir=data_dir, database=database)
+
+    async def through_v5(tasks: RemoteTasks) -> Page[Task]:
+        return await tasks.list_tasks(page, app_id=app_id, task_type=task_type, status=status_value)
 
     async def work(runtime: Runtime) -> Page[Task]:
         if app_id is not None:
@@ -588,7 +735,10 @@ def list_tasks(
         ]
         return merge_pages(pages, limit)
 
-    found = run_with_runtime(settings, work)
+    if remote is not None:
+        found = run_remote(remote, through_v5)
+    else:
+        found = run_with_runtime(build_settings(data_dir=data_dir, database=database), work)
     if json_out:
         print(
             json.dumps(
@@ -682,8 +832,15 @@ def details(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """A page of a task's subtasks: newest first by marker, or numbered in creation order."""
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
     status_value = _subtask_status(status)
     numbered = page_no is not None or page_size is not None
     if numbered and (limit is not None or marker is not None or offset is not None):
@@ -692,7 +849,8 @@ def details(
         page = PageRequest(limit=limit or 10, marker=marker or MAX_MARKER, offset=offset or 0)
     except InvalidInput as exc:
         raise _usage(exc) from None
-    settings = build_settings(data_dir=data_dir, database=database)
+    if numbered and remote is not None:
+        raise fail("--page-no/--page-size are not v5 paging: use --limit/--marker", EXIT_USAGE)
 
     async def work(runtime: Runtime) -> tuple[Task, Page[Subtask]]:
         if numbered:
@@ -701,7 +859,14 @@ def details(
             )
         return await runtime.tasks.subtasks(task_id, page=page, status=status_value, target=device)
 
-    task, found = run_with_runtime(settings, work)
+    async def through_v5(tasks: RemoteTasks) -> tuple[Task, Page[Subtask]]:
+        return await tasks.subtasks(task_id, page=page, status=status_value, target=device)
+
+    if remote is not None:
+        task, found = run_remote(remote, through_v5)
+    else:
+        settings = build_settings(data_dir=data_dir, database=database)
+        task, found = run_with_runtime(settings, work)
     if json_out:
         print(
             json.dumps(
@@ -748,13 +913,19 @@ def watch(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Follow a task live (a progress bar with per-state counts) until it finished."""
-    settings = build_settings(data_dir=data_dir, database=database)
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
-    async def work(runtime: Runtime) -> Task:
+    async def work(tasks: TaskCalls) -> Task:
         view = None if json_out else TaskProgressView()
-        task = await runtime.tasks.get(task_id)
+        task = await tasks.get(task_id)
         try:
             with view or contextlib.nullcontext():
                 async with asyncio.timeout(timeout):
@@ -765,12 +936,12 @@ def watch(
                             return task
                         # one read of the task row twice a second costs the server nothing
                         await asyncio.sleep(WATCH_POLL_S)
-                        task = await runtime.tasks.get(task_id)
+                        task = await tasks.get(task_id)
         except TimeoutError:
             raise fail(f"task {task_id} is still {task.status.value} after {timeout:g} s") from None
 
     try:
-        task = run_with_runtime(settings, work)
+        task = run_tasks(remote, data_dir, database, work)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
@@ -790,15 +961,21 @@ def stop(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Stop a task, or only the named devices' unfinished subtasks."""
-    settings = build_settings(data_dir=data_dir, database=database)
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
-    async def work(runtime: Runtime) -> tuple[list[TargetResult], Task]:
-        results = await runtime.tasks.stop(task_id, targets=devices or None)
-        return results, await runtime.tasks.get(task_id)
+    async def work(tasks: TaskCalls) -> tuple[list[TargetResult], Task]:
+        results = await tasks.stop(task_id, targets=devices or None)
+        return results, await tasks.get(task_id)
 
-    results, task = run_with_runtime(settings, work)
+    results, task = run_tasks(remote, data_dir, database, work)
     if devices:
         _print_results(task_id, "stopped", results, json_out)
     elif json_out:
@@ -814,15 +991,21 @@ def retry(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Run failed, timed-out and stopped subtasks again (all, or the named devices')."""
-    settings = build_settings(data_dir=data_dir, database=database)
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
-    async def work(runtime: Runtime) -> tuple[list[TargetResult], Task]:
-        results = await runtime.tasks.retry(task_id, targets=devices or None)
-        return results, await runtime.tasks.get(task_id)
+    async def work(tasks: TaskCalls) -> tuple[list[TargetResult], Task]:
+        results = await tasks.retry(task_id, targets=devices or None)
+        return results, await tasks.get(task_id)
 
-    results, task = run_with_runtime(settings, work)
+    results, task = run_tasks(remote, data_dir, database, work)
     if devices:
         _print_results(task_id, "retried", results, json_out)
     elif json_out:
@@ -844,14 +1027,20 @@ def delete(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    endpoint: EndpointOpt = None,
+    ak: AkOpt = None,
+    sk: SkOpt = None,
+    project_id: ProjectOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Delete a finished task and its subtasks (stop a running one first)."""
-    settings = build_settings(data_dir=data_dir, database=database)
+    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
-    async def work(runtime: Runtime) -> None:
-        await runtime.tasks.delete(task_id)
+    async def work(tasks: TaskCalls) -> None:
+        await tasks.delete(task_id)
 
-    run_with_runtime(settings, work)
+    run_tasks(remote, data_dir, database, work)
     if json_out:
         print(json.dumps({"task_id": task_id, "deleted": True}))
     else:

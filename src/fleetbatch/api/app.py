@@ -26,7 +26,12 @@ class Phase(enum.StrEnum):
 
 def create_app(runtime: Runtime) -> FastAPI:
     """The API over an opened runtime; it reports `starting` until `set_phase(READY)`."""
-    app = FastAPI(title="fleetbatch", version=__version__)
+    app = FastAPI(
+        title="fleetbatch",
+        version=__version__,
+        description="Batch tasks over device fleets. IoTDA v5 operations live under "
+        "`/v5/iot/{project_id}` and are signed with AK/SK as huaweicloudsdkcore signs.",
+    )
     app.state.runtime = runtime
     app.state.phase = Phase.STARTING
     app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
@@ -42,6 +47,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         from fleetbatch.api.emqx import router as emqx_router
 
         app.include_router(emqx_router)
+    # the IoTDA v5 dialect; imported here: its modules import this one for get_runtime
+    from fleetbatch.api import v5
+
+    v5.install(app)
     return app
 
 

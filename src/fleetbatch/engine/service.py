@@ -240,8 +240,9 @@ class TaskService:
         app_id: str | None = None,
         task_type: str | None = None,
         status: TaskStatus | None = None,
+        exclude_sources: Sequence[str] = (),
     ) -> Page[Task]:
-        """Tasks of a project, newest first (marker paging)."""
+        """Tasks of a project, newest first (marker paging); none from `exclude_sources`."""
         async with self.store.read() as conn:
             return await task_rows.page_tasks(
                 conn,
@@ -250,6 +251,7 @@ class TaskService:
                 app_id=app_id,
                 task_type=task_type,
                 status=status.value if status else None,
+                exclude_sources=exclude_sources,
             )
 
     async def subtasks(
@@ -260,8 +262,12 @@ class TaskService:
         page: PageRequest | None = None,
         status: SubtaskStatus | None = None,
         target: str | None = None,
+        statuses: Sequence[SubtaskStatus] | None = None,
     ) -> tuple[Task, Page[Subtask]]:
-        """The task and one page of its subtasks, newest first below the marker."""
+        """The task and one page of its subtasks, newest first below the marker.
+
+        `statuses` filters on any of several states (a wire word may stand for more).
+        """
         task = await self.get(task_id, project_id=project_id)
         async with self.store.read() as conn:
             found = await subtask_rows.page_by_marker(
@@ -270,7 +276,12 @@ class TaskService:
                 page or PageRequest(),
                 status=status,
                 target=target,
-                known_count=_known_count(task, status, target),
+                known_count=(
+                    _known_count(task, status, target)
+                    if statuses is None
+                    else _known_count_of(task, statuses, target, None)
+                ),
+                statuses=statuses,
             )
         return task, found
 

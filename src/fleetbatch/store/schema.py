@@ -273,6 +273,20 @@ device_shadows = Table(
     Column("version", BigInteger, nullable=False, server_default="0"),
 )
 
+# Device lists uploaded for batch tasks (v5 batch task files), parsed once at upload: a task
+# naming the file as its `document_source` takes the ids from here.
+batch_task_files = Table(
+    "batch_task_files",
+    metadata,
+    Column("file_id", String(24), primary_key=True),
+    Column("project_id", ForeignKey("projects.project_id"), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("device_ids", Text, nullable=False),  # JSON list, in the file's row order
+    Column("row_count", Integer, nullable=False),
+    Column("uploaded_at", BigInteger, nullable=False),
+    Index(None, "project_id"),
+)
+
 # Engine workers alive: each renews its lease; the subtasks a dead worker had in flight
 # are handed out again once its lease has run out.
 engine_workers = Table(

@@ -599,13 +599,15 @@ async def page_by_marker(
     status: SubtaskStatus | None = None,
     target: str | None = None,
     known_count: int | None = None,
+    statuses: Sequence[SubtaskStatus] | None = None,
 ) -> Page[Subtask]:
     """Subtasks newest first below the marker, then `offset` skipped (IoTDA lists).
 
     `known_count`: the number of matching rows when the caller has it from the task's
-    counters, which spares a COUNT over up to a million rows per page.
+    counters, which spares a COUNT over up to a million rows per page. `statuses`: any of
+    these (a wire word can stand for more than one internal state).
     """
-    where = _filters(task_pk, status, target)
+    where = _filters(task_pk, status, target, statuses)
     bound = parse_marker(page.marker)
     rows = (
         await conn.execute(

@@ -132,8 +132,9 @@ async def page_tasks(
     app_id: str | None = None,
     task_type: str | None = None,
     status: str | None = None,
+    exclude_sources: Sequence[str] = (),
 ) -> Page[Task]:
-    """Tasks newest first, marker-paged by pk."""
+    """Tasks newest first, marker-paged by pk (none from `exclude_sources`)."""
     where = [tasks.c.project_id == project_id]
     if app_id is not None:
         where.append(tasks.c.app_id == app_id)
@@ -141,6 +142,8 @@ async def page_tasks(
         where.append(tasks.c.task_type == task_type)
     if status is not None:
         where.append(tasks.c.status == status)
+    if exclude_sources:
+        where.append(tasks.c.source.not_in(list(exclude_sources)))
     rows, count, marker = await fetch_page(conn, select(tasks), tasks.c.pk, where, page)
     return Page(items=[task_from_row(row) for row in rows], count=count, marker=marker)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -82,29 +82,47 @@ class ShadowExecutor:
     async def after_commit(
         self, run: TaskRun, claimed: Sequence[Claimed], outcomes: Sequence[Outcome]
     ) -> None:
-        services = [
-            {"service_id": service_id, "properties": values}
-            for service_id, change in desired_changes(run.task)
-            if (values := pushed_properties(change))
-        ]
-        if not services:
-            return  # only deletions: nothing for a device to set
+        changes = desired_changes(run.task)
         succeeded = {o.id for o in outcomes if o.status is S.SUCCESS}
         pushed = 0
         for item in claimed:
-            if item.id not in succeeded or self.channel.is_online(item.target) is False:
+            if item.id not in succeeded:
                 continue
-            downlink = topics.properties_set(
-                item.target, request_id_for(item.id, item.attempt), services
+            request_id = request_id_for(item.id, item.attempt)
+            pushed += push_desired(
+                self.channel, item.target, request_id, changes, timeout_s=self.push_timeout_s
             )
-            try:
-                future = self.channel.submit(downlink, timeout_s=self.push_timeout_s)
-            except (Unavailable, ValueError):
-                continue  # offline after all, or not connected to the broker: it asks later
-            future.add_done_callback(_ignore_answer)
-            pushed += 1
         if pushed:
             log.info("shadow.pushed task_id=%s devices=%d", run.task.task_id, pushed)
+
+
+def push_desired(
+    channel: DeviceChannel,
+    device_id: str,
+    request_id: str,
+    changes: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    timeout_s: float,
+) -> bool:
+    """Send desired changes to an online device as a property set, not waiting for it.
+
+    False when nothing went out: only deletions, or the device is offline (it asks for its
+    shadow when it connects).
+    """
+    services = [
+        {"service_id": service_id, "properties": values}
+        for service_id, change in changes
+        if (values := pushed_properties(change))
+    ]
+    if not services or channel.is_online(device_id) is False:
+        return False
+    downlink = topics.properties_set(device_id, request_id, services)
+    try:
+        future = channel.submit(downlink, timeout_s=timeout_s)
+    except (Unavailable, ValueError):
+        return False  # offline after all, or not connected to the broker: it asks later
+    future.add_done_callback(_ignore_answer)
+    return True
 
 
 def _ignore_answer(future: asyncio.Future[Any]) -> None:

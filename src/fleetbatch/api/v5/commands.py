@@ -1,0 +1,207 @@
+"""Single-device commands over v5 (spec: iotda-v5 §5.4): a thin mapping over
+`engine.device_commands`, so a command to one device takes the path of a batch subtask.
+
+An async command is a one-subtask `createAsyncCommands` task (its id is the command id); a
+synchronous command is one sent at once (`immediately`) whose answer the call waits for,
+up to the platform's command timeout, reading the command's record (the engine that
+delivers it may run in another process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, Field
+
+from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.route import Caller, V5Route, WireError
+from fleetbatch.api.v5.wire import SUBTASK_ERROR_CODES
+from fleetbatch.domain.errors import NotFound
+from fleetbatch.domain.timefmt import to_compact
+from fleetbatch.engine import device_commands as dc
+from fleetbatch.engine.device_commands import DeviceCommand, DeviceCommands
+from fleetbatch.runtime import Runtime
+
+router = APIRouter(route_class=V5Route, tags=["Commands"])
+
+DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
+CommandId = Annotated[str, Path(max_length=100, pattern=ID_PATTERN)]
+DEFAULT_EXPIRE_S = 24 * 3600
+# how often a synchronous call reads its command's record while it waits
+SYNC_POLL_S = 0.05
+# beyond the command timeout: the engine's own timeout of the attempt lands first
+SYNC_MARGIN_S = 2.0
+COMMAND_TIMED_OUT = ("IOTDA.014111", "Command request timed out.")
+
+
+class CreateCommand(BaseModel):
+    """CreateCommand / the command fields of CreateAsyncCommand."""
+
+    service_id: str | None = Field(None, min_length=1, max_length=64)
+    command_name: str | None = Field(None, min_length=1, max_length=128)
+    paras: dict[str, Any]
+
+
+class CreateAsyncCommand(CreateCommand):
+    """CreateAsyncCommand body."""
+
+    expire_time: int | None = Field(
+        None, ge=0, le=dc.MAX_EXPIRE_S, description="Seconds the command waits (delay only)"
+    )
+    send_strategy: Literal["immediately", "delay"] = "delay"
+
+
+class CommandResultWire(BaseModel):
+    """CreateCommand response: the device's answer, or why there is none."""
+
+    command_id: str
+    response: Any = None
+    error_code: str | None = None
+    error_msg: str | None = None
+
+
+class AsyncCommandWire(BaseModel):
+    """An async command's record."""
+
+    device_id: str
+    command_id: str
+    service_id: str | None = None
+    command_name: str | None = None
+    paras: dict[str, Any]
+    expire_time: int
+    status: str = Field(
+        description="PENDING, SENT, DELIVERED, SUCCESSFUL, FAILED, TIMEOUT, EXPIRED (CANCELED)"
+    )
+    result: Any = None
+    created_time: str
+    sent_time: str | None = None
+    delivered_time: str | None = None
+    response_time: str | None = None
+    send_strategy: str
+
+
+def commands_of(request: Request, runtime: Runtime) -> DeviceCommands:
+    """The device-command service (one per app, shared with the legacy dialect)."""
+    state = request.app.state
+    service: DeviceCommands | None = getattr(state, "device_commands", None)
+    if service is None:
+        service = DeviceCommands(runtime.tasks)
+        state.device_commands = service
+    return service
+
+
+def command_wire(command: DeviceCommand) -> dict[str, Any]:
+    """A command as IoTDA's async command record."""
+    answered = command.status in ("SUCCESSFUL", "FAILED") and command.finished_at is not None
+    return {
+        "device_id": command.device_id,
+        "command_id": command.command_id,
+        "service_id": command.service_id or None,
+        "command_name": command.command_name or None,
+        "paras": dict(command.paras),
+        "expire_time": command.expire_time_s,
+        "status": command.status,
+        "result": command.result,
+        "created_time": to_compact(command.created_at),
+        "sent_time": to_compact(command.sent_at) if command.sent_at else None,
+        "response_time": to_compact(command.finished_at)
+        if answered and command.finished_at
+        else None,
+        "send_strategy": "delay" if command.expire_time_s else "immediately",
+    }
+
+
+async def _device_app(runtime: Runtime, who: Caller, device_id: str) -> str:
+    return (await runtime.registry.devices.get(who.project_id, device_id)).app_id
+
+
+@router.post(
+    "/devices/{device_id}/async-commands",
+    status_code=201,
+    response_model=AsyncCommandWire,
+    summary="CreateAsyncCommand",
+    **EXCLUDE_NONE,
+)
+async def create_async_command(
+    device_id: DeviceId,
+    body: CreateAsyncCommand,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+) -> dict[str, Any]:
+    """Queue a command for a device: sent now (`immediately`), or held while it is offline
+    for up to expire_time seconds (`delay`, 24 h unless given)."""
+    app_id = await _device_app(runtime, who, device_id)
+    expire_s = 0 if body.send_strategy == "immediately" else body.expire_time
+    command = await commands_of(request, runtime).send(
+        app_id,
+        device_id,
+        body.service_id or "",
+        body.command_name or "",
+        body.paras,
+        expire_time_s=DEFAULT_EXPIRE_S if expire_s is None else expire_s,
+    )
+    return command_wire(command)
+
+
+@router.get(
+    "/devices/{device_id}/async-commands/{command_id}",
+    response_model=AsyncCommandWire,
+    summary="ShowAsyncDeviceCommand",
+    **EXCLUDE_NONE,
+)
+async def show_async_device_command(
+    device_id: DeviceId, command_id: CommandId, request: Request, runtime: RuntimeDep, who: Signed
+) -> dict[str, Any]:
+    """One async command of a device, with its status and the device's answer."""
+    app_id = await _device_app(runtime, who, device_id)
+    command = await commands_of(request, runtime).get(app_id, command_id)
+    if command.device_id != device_id:
+        raise NotFound("command", command_id)
+    return command_wire(command)
+
+
+@router.post(
+    "/devices/{device_id}/commands",
+    response_model=CommandResultWire,
+    summary="CreateCommand",
+    **EXCLUDE_NONE,
+)
+async def create_command(
+    device_id: DeviceId, body: CreateCommand, request: Request, runtime: RuntimeDep, who: Signed
+) -> dict[str, Any]:
+    """Send a command to an online device and wait for its answer (the command timeout,
+    20 s by default; then IOTDA.014111 in the body)."""
+    app_id = await _device_app(runtime, who, device_id)
+    commands = commands_of(request, runtime)
+    command = await commands.send(
+        app_id, device_id, body.service_id or "", body.command_name or "", body.paras,
+        expire_time_s=0,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(runtime.settings.command_timeout_s + SYNC_MARGIN_S):
+            while not command.finished:
+                await asyncio.sleep(SYNC_POLL_S)
+                command = await commands.get(app_id, command.command_id)
+    except TimeoutError:
+        code, message = COMMAND_TIMED_OUT
+        return {"command_id": command.command_id, "error_code": code, "error_msg": message}
+    if command.status == "SUCCESSFUL":
+        return {"command_id": command.command_id, "response": command.result}
+    _, page = await runtime.tasks.subtasks(command.command_id, project_id=who.project_id)
+    subtask = page.items[0]
+    code = SUBTASK_ERROR_CODES.get(subtask.error_code or "", subtask.error_code or "")
+    if code == "IOTDA.014016":
+        raise WireError(403, code, "Operation not allowed. The device is not online.")
+    if command.status == "TIMEOUT":
+        code, message = COMMAND_TIMED_OUT
+        return {"command_id": command.command_id, "error_code": code, "error_msg": message}
+    # the device answered with a failure: its answer is the response (as IoTDA passes it on)
+    return {
+        "command_id": command.command_id,
+        "response": command.result,
+        "error_code": code or None,
+        "error_msg": subtask.error_msg,
+    }

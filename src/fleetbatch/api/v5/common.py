@@ -1,0 +1,90 @@
+"""Pieces every v5 resource shares: the project path, paging, the caller's app, page bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Path, Query
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
+
+from fleetbatch.api.app import get_runtime
+from fleetbatch.api.v5.route import Caller, caller
+from fleetbatch.domain.errors import NotFound
+from fleetbatch.domain.ids import MAX_MARKER
+from fleetbatch.domain.registry import App
+from fleetbatch.runtime import Runtime
+from fleetbatch.store.paging import MAX_LIMIT, MAX_OFFSET, PageRequest
+
+HEX24 = r"^[0-9a-f]{24}$"
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+# documents the signature in OpenAPI; V5Route checks it before any endpoint runs
+signature_header = APIKeyHeader(
+    name="Authorization",
+    scheme_name="AK/SK",
+    description="`SDK-HMAC-SHA256 Access=…` or `V11-HMAC-SHA256 Credential=…`, "
+    "as huaweicloudsdkcore signs (with X-Sdk-Date, Host and the other signed headers)",
+    auto_error=False,
+)
+
+
+def project_scope(
+    project_id: Annotated[str, Path(description="Project id (the access key's project)")],
+    _authorization: Annotated[str | None, Depends(signature_header)] = None,
+    _instance_id: Annotated[
+        str | None,
+        Header(alias="Instance-Id", min_length=1, max_length=36, description="Instance id"),
+    ] = None,
+) -> None:
+    """Router-wide parameters, declared so OpenAPI shows them (V5Route enforces them)."""
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Records per page, 1–50 (default 10)")]
+Marker = Annotated[
+    str,
+    Query(
+        pattern=HEX24,
+        description="Id of the last record of the previous page (24 lower-case hex); "
+        "records with smaller ids follow, newest first",
+    ),
+]
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description="Records skipped after the marker, 0–500")
+]
+
+
+def page_request(limit: Limit = 10, marker: Marker = MAX_MARKER, offset: Offset = 0) -> PageRequest:
+    """IoTDA paging (limit 1–50 default 10, marker 24 hex default all f, offset 0–500)."""
+    return PageRequest(limit=limit, marker=marker, offset=offset)
+
+
+Paging = Annotated[PageRequest, Depends(page_request)]
+# IoTDA's bodies leave out what is not set (the SDK reads a missing key as None)
+EXCLUDE_NONE: dict[str, Any] = {"response_model_exclude_none": True}
+Signed = Annotated[Caller, Depends(caller)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class PageOut(BaseModel):
+    """Page: how many records match in all, and the marker of this page's last record."""
+
+    count: int = Field(description="Records matching the query")
+    marker: str | None = Field(None, description="Pass as the next page's marker")
+
+
+async def app_of(runtime: Runtime, who: Caller, app_id: str | None) -> App:
+    """The named resource space in the caller's project, or the project's first (default)."""
+    if app_id is not None:
+        app = await runtime.registry.apps.get(app_id)
+        if app.project_id != who.project_id:
+            raise NotFound("app", app_id)
+        return app
+    apps = await runtime.registry.apps.list_all(who.project_id)
+    if not apps:
+        raise NotFound("app", "(default)")
+    return apps[0]
+
+
+async def app_names(runtime: Runtime, who: Caller) -> dict[str, str]:
+    """The project's resource spaces' names by app id (the `app_name` of responses)."""
+    return {app.app_id: app.name for app in await runtime.registry.apps.list_all(who.project_id)}
