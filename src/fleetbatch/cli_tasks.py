@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich import box
@@ -50,7 +50,6 @@ from fleetbatch.cli_common import (
     fail,
     run_with_runtime,
 )
-from fleetbatch.cli_remote import RemoteTasks
 from fleetbatch.domain.errors import FleetbatchError, InvalidInput
 from fleetbatch.domain.ids import MAX_MARKER, format_record_id
 from fleetbatch.domain.registry import Page
@@ -70,6 +69,10 @@ from fleetbatch.engine.service import TargetResult
 from fleetbatch.runtime import Runtime
 from fleetbatch.store.paging import MAX_LIMIT, PageRequest
 from fleetbatch.v5_client import V5Client, V5Profile, load_profile
+
+if TYPE_CHECKING:
+    # imported when a command goes through a server: it brings the v5 wire models (FastAPI)
+    from fleetbatch.cli_remote import RemoteTasks
 
 task_app = typer.Typer(
     help="Batch tasks: create, show, list, page subtasks, watch, stop, retry, delete.",
@@ -186,6 +189,8 @@ def remote_profile(
 
 def run_remote(remote: V5Profile, work: Callable[[RemoteTasks], Awaitable[T]]) -> T:
     """Run `work` against the server; fleetbatch errors become one-line messages."""
+
+    from fleetbatch.cli_remote import RemoteTasks
 
     async def _main() -> T:
         async with V5Client(remote) as client:
