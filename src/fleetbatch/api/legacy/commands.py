@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field, ValidationError
 
 from fleetbatch.api.legacy.common import (
+    Caller,
     LegacyRoute,
     authenticate,
     json_body,
@@ -137,16 +138,22 @@ def _time_filter(request: Request, name: str) -> int | None:
         raise fail(API, 400, "100022", f"{name} must look like 20151212T121212Z") from None
 
 
-@router.get("/deviceCommands")
-@router.get("/deviceCommands/", include_in_schema=False)
-async def query_device_commands(request: Request) -> Response:
-    """Commands newest first: pageNo ≥ 0, pageSize 1-1000, deviceId, startTime, endTime."""
+async def _page_query(request: Request) -> tuple[Caller, int, int, int | None, int | None]:
+    """The caller and the paging and time filters both command listings take."""
     caller = await authenticate(request, API, query_value(request, "appId"))
     page_no = query_int(request, "pageNo", API, "100022", default=0, low=0, high=10**9)
     page_size = query_int(
         request, "pageSize", API, "100022", default=MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
     )
     start, end = _time_filter(request, "startTime"), _time_filter(request, "endTime")
+    return caller, page_no, page_size, start, end
+
+
+@router.get("/deviceCommands")
+@router.get("/deviceCommands/", include_in_schema=False)
+async def query_device_commands(request: Request) -> Response:
+    """Commands newest first: pageNo ≥ 0, pageSize 1-1000, deviceId, startTime, endTime."""
+    caller, page_no, page_size, start, end = await _page_query(request)
     with mapped(API):
         total, commands = await commands_of(request).page(
             caller.acting_app_id,
@@ -213,12 +220,7 @@ def cancel_task_view(task: CancelTask) -> dict[str, Any]:
 @router.get("/deviceCommandCancelTasks/", include_in_schema=False)
 async def query_cancel_tasks(request: Request) -> Response:
     """Cancel tasks newest first: pageNo, pageSize 1-1000, taskId, deviceId, status, times."""
-    caller = await authenticate(request, API, query_value(request, "appId"))
-    page_no = query_int(request, "pageNo", API, "100022", default=0, low=0, high=10**9)
-    page_size = query_int(
-        request, "pageSize", API, "100022", default=MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
-    )
-    start, end = _time_filter(request, "startTime"), _time_filter(request, "endTime")
+    caller, page_no, page_size, start, end = await _page_query(request)
     with mapped(API):
         total, tasks = await commands_of(request).cancel_tasks(
             caller.acting_app_id,
