@@ -660,6 +660,30 @@ async def test_answers_to_one_attempt_count_once_even_within_one_batch(
     assert await report(rt, task, (ahead, S.SUCCESS)) == {}
 
 
+async def test_one_batch_of_answers_for_two_tasks_moves_each_tasks_counters(
+    rt: Runtime, world: World
+) -> None:
+    d = world.devices
+    policy = TaskPolicy(retry_count=1, retry_interval_s=0)
+    first = await rt.tasks.create(a_task(world.app_id, policy=policy), d[:3])
+    second = await rt.tasks.create(a_task(world.app_id, "other", policy=policy), d[3:5])
+    a1, a2, a3 = await claim(rt, first, limit=3)
+    b1, b2 = await claim(rt, second, limit=2)
+    changed = await report(
+        rt, first, (a1, S.SUCCESS), (a2, S.FAIL), (b1, S.TIMEOUT), (b2, S.SUCCESS), (a3, S.FAIL)
+    )
+    assert (changed[first.pk].success, changed[first.pk].fail_wait_retry) == (1, 2)  # type: ignore[attr-defined]
+    assert (changed[second.pk].success, changed[second.pk].fail_wait_retry) == (1, 1)  # type: ignore[attr-defined]
+    # the retries are claimed again (their own counter moves), then fail for good
+    again = await claim(rt, first, limit=5)
+    assert {c.target for c in again} == {d[1], d[2]}
+    assert (await snapshot(rt.store, first.pk)).progress.processing == 2
+    await report(rt, first, *((c, S.FAIL) for c in again))
+    state = await snapshot(rt.store, first.pk)
+    assert (state.progress.success, state.progress.fail) == (1, 2)
+    assert (await snapshot(rt.store, second.pk)).by_status(S.FAIL_WAIT_RETRY) == {d[3]}
+
+
 # --- retry -------------------------------------------------------------------------------
 
 

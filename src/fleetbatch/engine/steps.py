@@ -24,6 +24,7 @@ from fleetbatch.domain.tasks import (
     final_status,
     should_abort,
 )
+from fleetbatch.store import counted
 from fleetbatch.store import outbox as outbox_rows
 from fleetbatch.store import subtasks as subtask_rows
 from fleetbatch.store import tasks as task_rows
@@ -72,11 +73,38 @@ async def claim_batch(
                 await outbox_rows.enqueue_command_changes(conn, [c.id for c in claimed], now_ms)
                 await task_rows.add_counts(conn, request.task_pk, deltas)
             return claimed
+    if store.dialect == "postgresql":
+        return await _claim_counted(store, request, worker_id, now_ms)
     async with store.raw_write() as raw:
         claimed, deltas = await _claim_in(raw, request, worker_id, now_ms)
         if claimed:
             await task_rows.add_counts(raw, request.task_pk, deltas)
         return claimed
+
+
+async def _claim_counted(
+    store: Store, request: ClaimRequest, worker_id: str, now_ms: int
+) -> list[Claimed]:
+    """The claim on PostgreSQL: a statement per source status, each its own unit of work
+    (`store.counted`)."""
+    claimed: list[Claimed] = []
+    async with store.raw_autocommit() as raw:
+        for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
+            room = request.limit - len(claimed)
+            if room <= 0:
+                break
+            claimed += await counted.claim(
+                raw,
+                request.task_pk,
+                status,
+                room,
+                worker_id=worker_id,
+                now_ms=now_ms,
+                lease_until=request.lease_until,
+                online_only=request.online_only,
+                phase=request.phase,
+            )
+    return claimed
 
 
 async def _claim_in(
@@ -124,6 +152,9 @@ async def apply_outcomes(
             deltas = await subtask_rows.apply_outcomes(conn, outcomes, now_ms)
             await outbox_rows.enqueue_command_changes(conn, notify_ids, now_ms)
             return await add_deltas(conn, deltas)
+    if store.dialect == "postgresql":
+        async with store.raw_autocommit() as raw:
+            return await counted.apply(raw, outcomes, now_ms)
     async with store.raw_write() as raw:
         deltas = await subtask_rows.apply_outcomes(raw, outcomes, now_ms)
         return await add_deltas(raw, deltas)

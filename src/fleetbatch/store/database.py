@@ -155,6 +155,26 @@ class Store:
                 raise
             await tx.run("COMMIT")
 
+    @contextlib.asynccontextmanager
+    async def raw_autocommit(self) -> AsyncIterator[RawWrite]:
+        """The pooled driver connection with no transaction around it (PostgreSQL only).
+
+        Each statement commits on its own, so one statement that changes rows and their
+        counters together (`store.counted`) is a unit of work in one round trip. A
+        connection whose statement failed is dropped from the pool.
+        """
+        if self.dialect != "postgresql":
+            raise RuntimeError("statements in autocommit are for PostgreSQL")
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            assert driver is not None  # an open pooled connection has one
+            try:
+                yield RawWrite(self.dialect, driver)
+            except DBAPIError:
+                await conn.invalidate()
+                raise
+
     async def get_meta(self, conn: AsyncConnection, key: str) -> str | None:
         """A value from the store's own key/value table."""
         return (await conn.execute(select(meta.c.value).where(meta.c.key == key))).scalar()

@@ -257,8 +257,23 @@ async def claim(
     phase: str | None = None,
 ) -> list[Claimed]:
     """Hand up to `limit` due subtasks in `from_status` to this worker for a new attempt."""
-    dialect = dialect_of(conn)
-    params = {
+    params = claim_params(task_pk, from_status, limit, worker_id, now_ms, lease_until, phase)
+    statement = claim_statement(dialect_of(conn), online_only)
+    rows = await fetch_rows(conn, statement, params)
+    return [Claimed(*row) for row in sorted(rows, key=lambda row: row[0])]
+
+
+def claim_params(
+    task_pk: int,
+    from_status: SubtaskStatus,
+    limit: int,
+    worker_id: str,
+    now_ms: int,
+    lease_until: int,
+    phase: str | None,
+) -> dict[str, Any]:
+    """The parameters of `claim_statement`."""
+    return {
         "task_pk": task_pk,
         "from_status": from_status.value,
         "now": now_ms,
@@ -267,12 +282,10 @@ async def claim(
         "lease": lease_until,
         "phase": phase,
     }
-    rows = await fetch_rows(conn, _claim_statement(dialect, online_only), params)
-    return [Claimed(*row) for row in sorted(rows, key=lambda row: row[0])]
 
 
 @functools.cache
-def _claim_statement(dialect: str, online_only: bool) -> TextClause:
+def claim_statement(dialect: str, online_only: bool) -> TextClause:
     """The claim as fixed SQL per dialect: compiled once, where an expression built per
     call cost as much as the UPDATE itself (measured on the dispatcher's path)."""
     online = (
@@ -344,7 +357,7 @@ RETURNING subtasks.task_pk, subtasks.status
 """
 )
 
-_APPLY_POSTGRES = text(
+APPLY_POSTGRES = text(
     """
 UPDATE subtasks SET
   status = CASE
@@ -396,19 +409,7 @@ async def apply_outcomes(
         return {}
     rows: Sequence[Sequence[Any]]
     if dialect_of(conn) == "postgresql":
-        params: dict[str, Any] = {
-            "now": now_ms,
-            "ids": [o.id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "statuses": [o.status.value for o in outcomes],
-            "outputs": [o.output for o in outcomes],
-            "codes": [o.error_code for o in outcomes],
-            "messages": [o.error_msg for o in outcomes],
-            "phases": [o.phase for o in outcomes],
-            "budgets": [o.retry_budget for o in outcomes],
-            "retry_at": [o.retry_at for o in outcomes],
-        }
-        rows = await fetch_rows(conn, _APPLY_POSTGRES, params)
+        rows = await fetch_rows(conn, APPLY_POSTGRES, apply_params(outcomes, now_ms))
     else:
         payload = orjson.dumps(
             [
@@ -433,6 +434,22 @@ async def apply_outcomes(
         counter[S.PROCESSING] -= count
         counter[S(status)] += count
     return deltas
+
+
+def apply_params(outcomes: Sequence[Outcome], now_ms: int) -> dict[str, Any]:
+    """The parameters of `APPLY_POSTGRES`: one array per column."""
+    return {
+        "now": now_ms,
+        "ids": [o.id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "outputs": [o.output for o in outcomes],
+        "codes": [o.error_code for o in outcomes],
+        "messages": [o.error_msg for o in outcomes],
+        "phases": [o.phase for o in outcomes],
+        "budgets": [o.retry_budget for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
+    }
 
 
 async def set_phase(

@@ -182,6 +182,14 @@ async def add_counts(
     for status, delta in deltas.items():
         params[COUNTER_COLUMNS[status]] = delta
     [row] = await fetch_rows(conn, _ADD_COUNTS, {"pk": task_pk, "total": total, **params})
+    return counted_from_row(row)
+
+
+COUNTED_COLUMNS = ("status", *_COUNTED)
+
+
+def counted_from_row(row: Sequence[Any]) -> Counted:
+    """A `Counted` from a row of `COUNTED_COLUMNS`, in that order."""
     counts = dict(zip(_COUNTED, row[1:], strict=True))
     return Counted(
         TaskStatus(row[0]),
