@@ -31,6 +31,7 @@ from huaweicloudsdkiotda.v5 import (
     AsyncDeviceCommandRequest,
     AuthInfo,
     BatchTargets,
+    CountAsyncHistoryCommandsRequest,
     CreateAsyncCommandRequest,
     CreateBatchTask,
     CreateBatchTaskRequest,
@@ -47,6 +48,8 @@ from huaweicloudsdkiotda.v5 import (
     DeviceMessageRequest,
     FreezeDeviceRequest,
     IoTDAClient,
+    ListAsyncCommandsRequest,
+    ListAsyncHistoryCommandsRequest,
     ListBatchTaskFilesRequest,
     ListBatchTasksRequest,
     ListDeviceGroupsRequest,
@@ -787,6 +790,83 @@ def test_single_device_commands_through_the_sdk(settings: Settings, tmp_path: Pa
             ShowAsyncDeviceCommandRequest(device_id=normal, command_id=held.command_id),
         )
         assert error.status_code == 404
+        assert_command_lists(client, normal, offline, created.command_id, answered.command_id)
+
+
+def ids_of(page: Any) -> list[str]:
+    return [c.command_id for c in page.commands]
+
+
+def assert_command_lists(
+    client: IoTDAClient, normal: str, offline: str, async_id: str, sync_id: str
+) -> None:
+    """The queue holds what is not finished, the history what is; filters, paging, errors."""
+    update = AsyncDeviceCommandRequest(service_id="Ota", command_name="update", paras={})
+    queued = client.create_async_command(CreateAsyncCommandRequest(device_id=offline, body=update))
+    queue = client.list_async_commands(ListAsyncCommandsRequest(device_id=offline))
+    assert queue.page.count == 2
+    assert queue.commands[0].command_id == queued.command_id
+    first = queue.commands[0]
+    assert (first.status, first.service_id, first.command_name) == ("PENDING", "Ota", "update")
+    assert (first.send_strategy, first.expire_time) == ("delay", 24 * 3600)
+    assert first.created_time and first.sent_time is None
+    named = client.list_async_commands(
+        ListAsyncCommandsRequest(device_id=offline, command_name="update")
+    )
+    assert ids_of(named) == [queued.command_id]
+    # the offline device's synchronous command failed at once: history, not queue
+    offline_history = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=offline)
+    )
+    assert [c.status for c in offline_history.commands] == ["FAILED"]
+    assert client.list_async_commands(ListAsyncCommandsRequest(device_id=normal)).commands == []
+
+    history = client.list_async_history_commands(ListAsyncHistoryCommandsRequest(device_id=normal))
+    assert ids_of(history) == [async_id, sync_id]
+    assert {c.status for c in history.commands} == {"SUCCESSFUL"}
+    assert all(c.response_time for c in history.commands)
+    assert history.page.marker
+    one = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, limit=1)
+    )
+    after = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, marker=one.page.marker)
+    )
+    skipped = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, limit=1, offset=1)
+    )
+    assert (ids_of(one), ids_of(after), ids_of(skipped)) == ([async_id], [sync_id], [sync_id])
+    for status, expected in (("SUCCESSFUL", 2), ("FAILED", 0), ("PENDING", 0)):
+        counted = client.count_async_history_commands(
+            CountAsyncHistoryCommandsRequest(device_id=normal, status=status)
+        )
+        assert counted.count == expected, status
+    hour = timedelta(hours=1)
+    past, future = (
+        (datetime.now(UTC) + delta).strftime("%Y%m%dT%H%M%SZ") for delta in (-hour, hour)
+    )
+    for window, expected in (((past, future), 2), ((future, None), 0), ((None, past), 0)):
+        listed = client.list_async_history_commands(
+            ListAsyncHistoryCommandsRequest(
+                device_id=normal, start_time=window[0], end_time=window[1]
+            )
+        )
+        assert len(listed.commands) == expected, window
+
+    for request, code in (
+        (ListAsyncHistoryCommandsRequest(device_id=normal, status="DONE"), "IOTDA.000006"),
+        (ListAsyncCommandsRequest(device_id=normal, start_time="2024-01-01"), "IOTDA.000009"),
+        (ListAsyncCommandsRequest(device_id=normal, start_time="20241301T000000Z"), "IOTDA.000009"),
+        (ListAsyncCommandsRequest(device_id=normal, limit=51), "IOTDA.000017"),
+        (ListAsyncHistoryCommandsRequest(device_id="nobody"), "IOTDA.014000"),
+    ):
+        call = (
+            client.list_async_commands
+            if isinstance(request, ListAsyncCommandsRequest)
+            else client.list_async_history_commands
+        )
+        error = refused(call, request)
+        assert (error.status_code // 100, error.error_code) == (4, code), request
 
 
 def test_single_device_messages_through_the_sdk(settings: Settings, tmp_path: Path) -> None:

@@ -12,10 +12,20 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
+    ID_PATTERN,
+    CompactTime,
+    PageOut,
+    Paging,
+    RuntimeDep,
+    Signed,
+    paged,
+    time_window,
+)
 from fleetbatch.api.v5.route import Caller, V5Route, WireError
 from fleetbatch.api.v5.wire import SUBTASK_ERROR_CODES
 from fleetbatch.domain.errors import NotFound
@@ -23,6 +33,7 @@ from fleetbatch.domain.timefmt import to_compact
 from fleetbatch.engine import device_commands as dc
 from fleetbatch.engine.device_commands import DeviceCommand, DeviceCommands
 from fleetbatch.runtime import Runtime
+from fleetbatch.store.paging import PageRequest
 
 router = APIRouter(route_class=V5Route, tags=["Commands"])
 
@@ -80,6 +91,54 @@ class AsyncCommandWire(BaseModel):
     delivered_time: str | None = None
     response_time: str | None = None
     send_strategy: str
+
+
+class AsyncCommandSummaryWire(BaseModel):
+    """AsyncDeviceListCommand: a listed command, without its paras and result."""
+
+    device_id: str
+    command_id: str
+    service_id: str | None = None
+    command_name: str | None = None
+    expire_time: int
+    status: str
+    created_time: str
+    sent_time: str | None = None
+    delivered_time: str | None = None
+    send_strategy: str
+    response_time: str | None = None
+
+
+class ListAsyncCommandsWire(BaseModel):
+    """ListAsyncCommands: a page of the device's queue (PENDING, SENT, DELIVERED)."""
+
+    commands: list[AsyncCommandSummaryWire]
+    page: PageOut
+
+
+class HistoryPageOut(BaseModel):
+    """HistoryCommandPage: only the marker of the page's last record."""
+
+    marker: str | None = Field(None, description="Pass as the next page's marker")
+
+
+class ListAsyncHistoryCommandsWire(BaseModel):
+    """ListAsyncHistoryCommands: a page of the device's finished commands."""
+
+    commands: list[AsyncCommandSummaryWire]
+    page: HistoryPageOut
+
+
+class CountWire(BaseModel):
+    """CountAsyncHistoryCommands."""
+
+    count: int
+
+
+StatusWord = Annotated[
+    str | None, Query(max_length=16, description="Command status, e.g. PENDING or SUCCESSFUL")
+]
+CommandName = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
 def commands_of(request: Request, runtime: Runtime) -> DeviceCommands:
@@ -144,6 +203,108 @@ async def create_async_command(
         expire_time_s=DEFAULT_EXPIRE_S if expire_s is None else expire_s,
     )
     return command_wire(command)
+
+
+async def _device_page(
+    request: Request,
+    runtime: Runtime,
+    who: Caller,
+    device_id: str,
+    paging: PageRequest,
+    *,
+    finished: bool,
+    status: str | None,
+    command_name: str | None,
+    start_time: str | None,
+    end_time: str | None,
+) -> dict[str, Any]:
+    """One list response of a device's commands: its queue or its history."""
+    created_from_ms, created_to_ms = time_window(start_time, end_time)
+    app_id = await _device_app(runtime, who, device_id)
+    page = await commands_of(request, runtime).device_page(
+        app_id,
+        device_id,
+        paging,
+        finished=finished,
+        status=status,
+        command_name=command_name,
+        created_from_ms=created_from_ms,
+        created_to_ms=created_to_ms,
+    )
+    return paged("commands", page, command_wire)
+
+
+@router.get(
+    "/devices/{device_id}/async-commands",
+    response_model=ListAsyncCommandsWire,
+    summary="ListAsyncCommands",
+    **EXCLUDE_NONE,
+)
+async def list_async_commands(
+    device_id: DeviceId,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+    paging: Paging,
+    start_time: CompactTime = None,
+    end_time: CompactTime = None,
+    status: StatusWord = None,
+    command_name: CommandName = None,
+) -> dict[str, Any]:
+    """The device's queue, newest first: commands held (PENDING), sent (SENT) or at the
+    device (DELIVERED) and not finished; created within the time window, if given."""
+    return await _device_page(
+        request, runtime, who, device_id, paging, finished=False, status=status,
+        command_name=command_name, start_time=start_time, end_time=end_time,
+    )  # fmt: skip
+
+
+@router.get(
+    "/devices/{device_id}/async-commands-history",
+    response_model=ListAsyncHistoryCommandsWire,
+    summary="ListAsyncHistoryCommands",
+    **EXCLUDE_NONE,
+)
+async def list_async_history_commands(
+    device_id: DeviceId,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+    paging: Paging,
+    start_time: CompactTime = None,
+    end_time: CompactTime = None,
+    status: StatusWord = None,
+    command_name: CommandName = None,
+) -> dict[str, Any]:
+    """The device's finished commands, newest first: SUCCESSFUL, FAILED, TIMEOUT, EXPIRED
+    (and CANCELED by the legacy dialect)."""
+    return await _device_page(
+        request, runtime, who, device_id, paging, finished=True, status=status,
+        command_name=command_name, start_time=start_time, end_time=end_time,
+    )  # fmt: skip
+
+
+@router.post(
+    "/devices/{device_id}/async-commands-history/count",
+    response_model=CountWire,
+    summary="CountAsyncHistoryCommands",
+)
+async def count_async_history_commands(
+    device_id: DeviceId,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+    start_time: CompactTime = None,
+    end_time: CompactTime = None,
+    status: StatusWord = None,
+    command_name: CommandName = None,
+) -> dict[str, Any]:
+    """How many finished commands the device has, filtered as its history is."""
+    body = await _device_page(
+        request, runtime, who, device_id, PageRequest(limit=1), finished=True, status=status,
+        command_name=command_name, start_time=start_time, end_time=end_time,
+    )  # fmt: skip
+    return {"count": body["page"]["count"]}
 
 
 @router.get(
