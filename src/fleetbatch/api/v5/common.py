@@ -68,6 +68,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 T = TypeVar("T")
+DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN, description="Device id")]
 COMPACT_TIME = r"^\d{8}T\d{6}Z$"
 CompactTime = Annotated[
     str | None, Query(pattern=COMPACT_TIME, description="UTC, yyyyMMdd'T'HHmmss'Z'")
@@ -116,6 +117,11 @@ async def app_of(runtime: Runtime, who: Caller, app_id: str | None) -> App:
     if not apps:
         raise NotFound("app", "(default)")
     return apps[0]
+
+
+async def device_app_id(runtime: Runtime, who: Caller, device_id: str) -> str:
+    """The resource space of the caller's device; NotFound (IOTDA.014000) otherwise."""
+    return (await runtime.registry.devices.get(who.project_id, device_id)).app_id
 
 
 async def app_names(runtime: Runtime, who: Caller) -> dict[str, str]:

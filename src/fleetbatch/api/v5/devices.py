@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleetbatch.api.v5.common import (
     EXCLUDE_NONE,
     ID_PATTERN,
     CompactTime,
+    DeviceId,
     PageOut,
     Paging,
     RuntimeDep,
@@ -28,7 +29,6 @@ from fleetbatch.runtime import Runtime
 
 router = APIRouter(route_class=V5Route, tags=["Devices"])
 
-DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 DEVICE_KEY_SHAPE = r"^[A-Za-z0-9_-]{8,32}$"
 
 
