@@ -641,12 +641,21 @@ async def assert_secrets_and_disconnect(
     for secret, expected in (
         ("secret123", 4),
         ("interim12", 4),
-        ("newsecret1", 0),
         ("second123", 0),
+        ("newsecret1", 0),
     ):
         code, device = await connack(secret)
-        await device.close()
+        if secret != "newsecret1":
+            await device.close()
         assert code == expected, secret
+    # freezing closes the connection too, and a frozen device may not connect
+    await asyncio.to_thread(client.freeze_device, FreezeDeviceRequest(device_id=device_id))
+    await device.wait_closed()
+    await device.close()
+    code, refused_device = await connack("newsecret1")
+    await refused_device.close()
+    assert code == 5
+    await asyncio.to_thread(client.unfreeze_device, UnfreezeDeviceRequest(device_id=device_id))
 
 
 def assert_extension_shadow_cascade_and_times(

@@ -214,6 +214,14 @@ async def _full(
     return device_wire(device, apps, products, secret=secret)
 
 
+async def _disconnect(request: Request, device_id: str) -> None:
+    """Close the device's connection, as the freezeDevices executor does; called after the
+    commit, so its next CONNECT already meets the change (frozen, new secret)."""
+    channel: DeviceChannel | None = request.app.state.channel
+    if channel is not None:
+        await channel.disconnect(device_id)
+
+
 @router.post(
     "/devices", status_code=201, response_model=DeviceWire, summary="AddDevice", **EXCLUDE_NONE
 )
@@ -316,9 +324,12 @@ async def delete_device(device_id: DeviceId, runtime: RuntimeDep, who: Signed) -
 @router.post(
     "/devices/{device_id}/freeze", status_code=204, response_class=Response, summary="FreezeDevice"
 )
-async def freeze_device(device_id: DeviceId, runtime: RuntimeDep, who: Signed) -> Response:
-    """Freeze a device: it may not connect until unfrozen."""
+async def freeze_device(
+    device_id: DeviceId, request: Request, runtime: RuntimeDep, who: Signed
+) -> Response:
+    """Freeze a device: its connection is closed and it may not connect until unfrozen."""
     await runtime.registry.devices.freeze(who.project_id, device_id)
+    await _disconnect(request, device_id)
     return Response(status_code=204)
 
 
@@ -354,8 +365,6 @@ async def device_action(
     secret = await runtime.registry.devices.reset_secret(
         who.project_id, device_id, body.secret, secondary=which == "SECONDARY"
     )
-    channel: DeviceChannel | None = request.app.state.channel
-    if body.force_disconnect and channel is not None:
-        # after the commit: the device's next CONNECT must already meet the new secret
-        await channel.disconnect(device_id)
+    if body.force_disconnect:
+        await _disconnect(request, device_id)
     return {"device_id": device_id, "secret": secret, "secret_type": which}
