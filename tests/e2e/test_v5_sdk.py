@@ -8,6 +8,7 @@ IoTDA error codes carried by the SDK's exceptions; another project's objects sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from huaweicloudsdkiotda.v5 import (
     AsyncDeviceCommandRequest,
     AuthInfo,
     BatchTargets,
+    CountAsyncHistoryCommandsRequest,
     CreateAsyncCommandRequest,
     CreateBatchTask,
     CreateBatchTaskRequest,
@@ -46,7 +48,10 @@ from huaweicloudsdkiotda.v5 import (
     DeviceCommandRequest,
     DeviceMessageRequest,
     FreezeDeviceRequest,
+    InitialDesired,
     IoTDAClient,
+    ListAsyncCommandsRequest,
+    ListAsyncHistoryCommandsRequest,
     ListBatchTaskFilesRequest,
     ListBatchTasksRequest,
     ListDeviceGroupsRequest,
@@ -82,9 +87,12 @@ from huaweicloudsdkiotda.v5 import (
     UploadBatchTaskFileRequestBody,
 )
 
+from fleetbatch.devices import codec
 from fleetbatch.settings import Settings
 from support import LOOPBACK
 from support.cli import FLEETBATCH, run_cli, run_cli_json, store_flags
+from support.mqtt_device import RawDevice
+from support.mqtt_device import credentials as mqtt_credentials
 from support.serve import ServeProcess, start_healthy, stop_process
 from support.waiting import wait_until_sync
 
@@ -514,16 +522,12 @@ def test_products_devices_groups_and_shadows_through_the_sdk(
         assert client.show_device(ShowDeviceRequest(device_id=device_id)).status == "FROZEN"
         client.unfreeze_device(UnfreezeDeviceRequest(device_id=device_id))
         assert client.show_device(ShowDeviceRequest(device_id=device_id)).status == "INACTIVE"
-        reset = client.reset_device_secret(
-            ResetDeviceSecretRequest(
-                device_id=device_id,
-                action_id="resetSecret",
-                body=ResetDeviceSecret(secret="newsecret1"),
-            )
-        )
-        assert (reset.device_id, reset.secret) == (device_id, "newsecret1")
+        asyncio.run(assert_secrets_and_disconnect(fleet, client, device_id))
+        children = assert_extension_shadow_cascade_and_times(fleet, client, pid, device_id)
         busy = refused(client.delete_product, DeleteProductRequest(product_id=pid))
         assert busy.status_code == 400
+        for child in children:
+            client.delete_device(DeleteDeviceRequest(device_id=child))
         assert client.delete_device(DeleteDeviceRequest(device_id=device_id)).status_code == 204
         gone = refused(client.show_device, ShowDeviceRequest(device_id=device_id))
         assert (gone.status_code, gone.error_code) == (404, "IOTDA.014000")
@@ -598,6 +602,138 @@ def test_products_devices_groups_and_shadows_through_the_sdk(
         assert error.status_code == 404
         assert outsider.list_devices(ListDevicesRequest()).page.count == 0
         assert outsider.list_device_groups(ListDeviceGroupsRequest()).page.count == 0
+
+
+def reset_secret(client: IoTDAClient, device_id: str, **fields: Any) -> Any:
+    body = ResetDeviceSecret(**fields)
+    request = ResetDeviceSecretRequest(device_id=device_id, action_id="resetSecret", body=body)
+    return client.reset_device_secret(request)
+
+
+async def assert_secrets_and_disconnect(
+    fleet: V5Fleet, client: IoTDAClient, device_id: str
+) -> None:
+    """A device connects with its primary or its secondary secret; a forced reset closes the
+    connection it has, and only the new secrets open one."""
+
+    async def connack(secret: str) -> tuple[int, RawDevice]:
+        device = await RawDevice.open(LOOPBACK, fleet.server.mqtt_port)
+        return await device.connect(*mqtt_credentials(device_id, secret)), device
+
+    second = await asyncio.to_thread(
+        reset_secret, client, device_id, secret="second123", secret_type="SECONDARY"
+    )
+    assert (second.device_id, second.secret, second.secret_type) == (
+        device_id, "second123", "SECONDARY",
+    )  # fmt: skip
+    code, connected = await connack("second123")
+    assert code == 0
+    # without force_disconnect the connection stays (the new secret counts from the next)
+    await asyncio.to_thread(reset_secret, client, device_id, secret="interim12")
+    connected.send(codec.Pingreq())
+    await connected.expect(codec.Pingresp)
+    primary = await asyncio.to_thread(
+        reset_secret, client, device_id, secret="newsecret1", force_disconnect=True
+    )
+    assert (primary.secret, primary.secret_type) == ("newsecret1", "PRIMARY")
+    await connected.wait_closed()
+    await connected.close()
+    for secret, expected in (
+        ("secret123", 4),
+        ("interim12", 4),
+        ("second123", 0),
+        ("newsecret1", 0),
+    ):
+        code, device = await connack(secret)
+        if secret != "newsecret1":
+            await device.close()
+        assert code == expected, secret
+    # freezing closes the connection too, and a frozen device may not connect
+    await asyncio.to_thread(client.freeze_device, FreezeDeviceRequest(device_id=device_id))
+    await device.wait_closed()
+    await device.close()
+    code, refused_device = await connack("newsecret1")
+    await refused_device.close()
+    assert code == 5
+    await asyncio.to_thread(client.unfreeze_device, UnfreezeDeviceRequest(device_id=device_id))
+
+
+def assert_extension_shadow_cascade_and_times(
+    fleet: V5Fleet, client: IoTDAClient, pid: str, gateway: str
+) -> list[str]:
+    """extension_info and initial shadows on add/update/show; list_devices' cascading and
+    time-window filters; bad input refused with nothing created. Returns the children made
+    (the caller deletes them, grandchild first)."""
+    info = {"site": "north", "floor": 3}
+    initial = [InitialDesired(service_id="Meter", desired={"limit": 5})]
+    child = client.add_device(
+        AddDeviceRequest(
+            body=AddDevice(
+                node_id="c1", product_id=pid, gateway_id=gateway, extension_info=info,
+                shadow=initial,
+            )
+        )
+    )  # fmt: skip
+    assert child.extension_info == info
+    assert client.show_device(ShowDeviceRequest(device_id=child.device_id)).extension_info == info
+    shadow = client.show_device_shadow(ShowDeviceShadowRequest(device_id=child.device_id)).shadow
+    assert [(s.service_id, s.version, s.desired.properties) for s in shadow] == [
+        ("Meter", 1, {"limit": 5})
+    ]
+    updated = client.update_device(
+        UpdateDeviceRequest(device_id=child.device_id, body=UpdateDevice(extension_info={"a": 1}))
+    )
+    assert updated.extension_info == {"a": 1}
+    grandchild = client.add_device(
+        AddDeviceRequest(body=AddDevice(node_id="g1", product_id=pid, gateway_id=child.device_id))
+    )
+    assert grandchild.extension_info is None
+
+    def ids(**query: Any) -> list[str]:
+        return [d.device_id for d in client.list_devices(ListDevicesRequest(**query)).devices]
+
+    assert ids(gateway_id=gateway) == [child.device_id]
+    assert ids(gateway_id=gateway, is_cascade_query=True) == [
+        grandchild.device_id, child.device_id,
+    ]  # fmt: skip
+    assert ids(gateway_id=child.device_id, is_cascade_query=True) == [grandchild.device_id]
+    hour = timedelta(hours=1)
+    past, future = (
+        (datetime.now(UTC) + delta).strftime("%Y%m%dT%H%M%SZ") for delta in (-hour, hour)
+    )
+    everyone = len(fleet.device_ids) + 3
+    for window, expected in (((past, future), everyone), ((future, None), 0), ((None, past), 0)):
+        listed = client.list_devices(ListDevicesRequest(start_time=window[0], end_time=window[1]))
+        assert listed.page.count == expected, window
+
+    # bad input: the right code, and no device made
+    too_big = {"k": "x" * 1100}
+    bad_shadow = [InitialDesired(service_id="Meter", desired={"a.b": 1})]
+    for body, field in (
+        (AddDevice(node_id="bad1", product_id=pid, extension_info=too_big), "extension_info"),
+        (AddDevice(node_id="bad2", product_id=pid, shadow=bad_shadow), "shadow"),
+    ):
+        error = refused(client.add_device, AddDeviceRequest(body=body))
+        assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+        assert field in error.error_msg
+    assert client.list_devices(ListDevicesRequest(product_id=pid)).page.count == 3
+    error = refused(
+        client.update_device,
+        UpdateDeviceRequest(device_id=child.device_id, body=UpdateDevice(extension_info=too_big)),
+    )
+    assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+    shown = client.show_device(ShowDeviceRequest(device_id=child.device_id))
+    assert shown.extension_info == {"a": 1}
+    for query, code in (
+        ({"start_time": "20241301T000000Z"}, "IOTDA.000009"),
+        ({"end_time": "2024-01-01"}, "IOTDA.000009"),
+        ({"start_time": future, "end_time": past}, "IOTDA.000006"),
+    ):
+        error = refused(client.list_devices, ListDevicesRequest(**query))
+        assert (error.status_code, error.error_code) == (400, code), query
+    error = refused(reset_secret, client, gateway, secret_type="TERTIARY")
+    assert (error.status_code, error.error_code) == (400, "IOTDA.000006")
+    return [grandchild.device_id, child.device_id]
 
 
 def xlsx_of(path: Path, rows: list[list[str]]) -> Path:
@@ -787,6 +923,84 @@ def test_single_device_commands_through_the_sdk(settings: Settings, tmp_path: Pa
             ShowAsyncDeviceCommandRequest(device_id=normal, command_id=held.command_id),
         )
         assert error.status_code == 404
+        assert_command_lists(client, normal, offline, created.command_id, answered.command_id)
+
+
+def ids_of(page: Any) -> list[str]:
+    return [c.command_id for c in page.commands]
+
+
+def assert_command_lists(
+    client: IoTDAClient, normal: str, offline: str, async_id: str, sync_id: str
+) -> None:
+    """The queue holds what is not finished, the history what is; filters, paging, errors."""
+    update = AsyncDeviceCommandRequest(service_id="Ota", command_name="update", paras={})
+    queued = client.create_async_command(CreateAsyncCommandRequest(device_id=offline, body=update))
+    queue = client.list_async_commands(ListAsyncCommandsRequest(device_id=offline))
+    assert queue.page.count == 2
+    assert queue.commands[0].command_id == queued.command_id
+    first = queue.commands[0]
+    assert (first.status, first.service_id, first.command_name) == ("PENDING", "Ota", "update")
+    assert (first.send_strategy, first.expire_time) == ("delay", 24 * 3600)
+    assert first.created_time
+    assert first.sent_time is None
+    named = client.list_async_commands(
+        ListAsyncCommandsRequest(device_id=offline, command_name="update")
+    )
+    assert ids_of(named) == [queued.command_id]
+    # the offline device's synchronous command failed at once: history, not queue
+    offline_history = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=offline)
+    )
+    assert [c.status for c in offline_history.commands] == ["FAILED"]
+    assert client.list_async_commands(ListAsyncCommandsRequest(device_id=normal)).commands == []
+
+    history = client.list_async_history_commands(ListAsyncHistoryCommandsRequest(device_id=normal))
+    assert ids_of(history) == [async_id, sync_id]
+    assert {c.status for c in history.commands} == {"SUCCESSFUL"}
+    assert all(c.response_time for c in history.commands)
+    assert history.page.marker
+    one = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, limit=1)
+    )
+    after = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, marker=one.page.marker)
+    )
+    skipped = client.list_async_history_commands(
+        ListAsyncHistoryCommandsRequest(device_id=normal, limit=1, offset=1)
+    )
+    assert (ids_of(one), ids_of(after), ids_of(skipped)) == ([async_id], [sync_id], [sync_id])
+    for status, expected in (("SUCCESSFUL", 2), ("FAILED", 0), ("PENDING", 0)):
+        counted = client.count_async_history_commands(
+            CountAsyncHistoryCommandsRequest(device_id=normal, status=status)
+        )
+        assert counted.count == expected, status
+    hour = timedelta(hours=1)
+    past, future = (
+        (datetime.now(UTC) + delta).strftime("%Y%m%dT%H%M%SZ") for delta in (-hour, hour)
+    )
+    for window, expected in (((past, future), 2), ((future, None), 0), ((None, past), 0)):
+        listed = client.list_async_history_commands(
+            ListAsyncHistoryCommandsRequest(
+                device_id=normal, start_time=window[0], end_time=window[1]
+            )
+        )
+        assert len(listed.commands) == expected, window
+
+    for request, code in (
+        (ListAsyncHistoryCommandsRequest(device_id=normal, status="DONE"), "IOTDA.000006"),
+        (ListAsyncCommandsRequest(device_id=normal, start_time="2024-01-01"), "IOTDA.000009"),
+        (ListAsyncCommandsRequest(device_id=normal, start_time="20241301T000000Z"), "IOTDA.000009"),
+        (ListAsyncCommandsRequest(device_id=normal, limit=51), "IOTDA.000017"),
+        (ListAsyncHistoryCommandsRequest(device_id="nobody"), "IOTDA.014000"),
+    ):
+        call = (
+            client.list_async_commands
+            if isinstance(request, ListAsyncCommandsRequest)
+            else client.list_async_history_commands
+        )
+        error = refused(call, request)
+        assert (error.status_code // 100, error.error_code) == (4, code), request
 
 
 def test_single_device_messages_through_the_sdk(settings: Settings, tmp_path: Path) -> None:

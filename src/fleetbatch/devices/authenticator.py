@@ -22,6 +22,9 @@ from fleetbatch.registry import Registry
 # statuses that may connect; FROZEN may not (spec: IoTDA freeze "device cannot connect")
 MAX_BATCH = 500
 
+# (status, the secrets a device may connect with: its primary one, then its secondary one)
+Credentials = tuple[DeviceStatus, tuple[str, ...]]
+
 _MAY_CONNECT = frozenset(
     {DeviceStatus.ONLINE, DeviceStatus.OFFLINE, DeviceStatus.INACTIVE, DeviceStatus.ABNORMAL}
 )
@@ -48,7 +51,7 @@ class DeviceAuthenticator:
         self._registry = registry
         self._clock = clock
         self._tolerance_s = tolerance_s
-        self._waiting: dict[str, list[asyncio.Future[tuple[DeviceStatus, str] | None]]] = {}
+        self._waiting: dict[str, list[asyncio.Future[Credentials | None]]] = {}
         self._fetcher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -61,9 +64,9 @@ class DeviceAuthenticator:
                 future.cancel()
         self._waiting.clear()
 
-    async def _credentials(self, device_id: str) -> tuple[DeviceStatus, str] | None:
+    async def _credentials(self, device_id: str) -> Credentials | None:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[DeviceStatus, str] | None] = loop.create_future()
+        future: asyncio.Future[Credentials | None] = loop.create_future()
         self._waiting.setdefault(device_id, []).append(future)
         if self._fetcher is None or self._fetcher.done():
             self._fetcher = asyncio.create_task(self._fetch(), name="mqtt-credentials")
@@ -105,10 +108,14 @@ class DeviceAuthenticator:
         found = await self._credentials(client.device_id)
         if found is None:
             return AuthResult(None, AuthFailure.BAD_CREDENTIALS, "unknown device")
-        status, secret = found
+        status, device_secrets = found
         now_ms = self._clock.now_ms()
-        if not check_password(
-            client, username, password, secret, now_ms=now_ms, tolerance_s=self._tolerance_s
+        # the secondary secret is as good as the primary one (IoTDA: tried when it fails)
+        if not any(
+            check_password(
+                client, username, password, secret, now_ms=now_ms, tolerance_s=self._tolerance_s
+            )
+            for secret in device_secrets
         ):
             return AuthResult(
                 None, AuthFailure.BAD_CREDENTIALS, "wrong password or stale timestamp"

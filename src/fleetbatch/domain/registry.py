@@ -6,12 +6,15 @@ Limits are those IoTDA documents (spec: iotda-v5 §5.1–5.3, §6); validation r
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from fleetbatch.domain.errors import InvalidInput
+
+MAX_EXTENSION_INFO_BYTES = 1024
 
 T = TypeVar("T")
 
@@ -142,6 +145,7 @@ class Device:
     active_at_ms: int | None
     last_seen_at_ms: int | None
     status_changed_at_ms: int | None
+    extension_info: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +160,14 @@ class NewDevice:
     location: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     gateway_id: str | None = None
+    extension_info: dict[str, Any] | None = None
+    # initial desired values: (service id, properties), stored as a shadow update would
+    shadow: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def validate(self) -> None:
         """Raise `InvalidInput` for the first field outside IoTDA's documented limits."""
         check_identifier("node_id", self.node_id, 64)
+        check_extension_info("extension_info", self.extension_info)
         if self.device_id is not None:
             check_identifier("device_id", self.device_id, 128)
         check_optional_text("device_name", self.name, 256)
@@ -223,6 +231,22 @@ def check_identifier(name: str, value: str, max_len: int) -> None:
     check_text(name, value, 1, max_len)
     if not _ID_CHARS.fullmatch(value):
         raise InvalidInput(name, "may contain only letters, digits, '_' and '-'")
+
+
+def check_extension_info(name: str, value: dict[str, Any] | None) -> None:
+    """A device's extension info: a JSON object of at most 1 KB (spec: IoTDA AddDevice)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidInput(name, "must be a JSON object")
+    size = len(extension_info_text(value).encode())
+    if size > MAX_EXTENSION_INFO_BYTES:
+        raise InvalidInput(name, f"is {size} bytes as JSON; at most {MAX_EXTENSION_INFO_BYTES}")
+
+
+def extension_info_text(value: dict[str, Any]) -> str:
+    """The stored (and measured) form of extension info: compact JSON."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def check_secret(name: str, value: str) -> None:

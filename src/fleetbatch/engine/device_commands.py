@@ -19,6 +19,7 @@ import orjson
 
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.ids import ObjectIdGenerator
+from fleetbatch.domain.registry import Page
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
 from fleetbatch.domain.tasks import (
     DEVICE_COMMAND_SOURCE,
@@ -30,6 +31,7 @@ from fleetbatch.domain.tasks import (
 )
 from fleetbatch.engine.service import TaskService
 from fleetbatch.store import device_commands as command_rows
+from fleetbatch.store.paging import PageRequest
 
 SOURCE = DEVICE_COMMAND_SOURCE
 PENDING = "PENDING"
@@ -41,6 +43,8 @@ DEFAULT_EXPIRE_S = 48 * 3600
 MAX_EXPIRE_S = 48 * 3600
 MAX_RETRANSMIT = 3
 _FINAL = ("SUCCESSFUL", "FAILED", "TIMEOUT", "EXPIRED", CANCELED)
+# every status a command can show, in the order of its life
+STATUSES = ("PENDING", "SENT", "DELIVERED", *_FINAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,40 @@ class DeviceCommands:
                 statuses=statuses,
             )
         return total, [command_from(task, subtask) for task, subtask in rows]
+
+    async def device_page(
+        self,
+        app_id: str,
+        device_id: str,
+        page: PageRequest,
+        *,
+        finished: bool,
+        status: str | None = None,
+        command_name: str | None = None,
+        created_from_ms: int | None = None,
+        created_to_ms: int | None = None,
+    ) -> Page[DeviceCommand]:
+        """A marker page of one device's commands, newest first: those still in its queue
+        (not `finished`: held, sent or awaiting retry), or its history (finished).
+
+        Raises InvalidInput for a status word no command has.
+        """
+        if status is not None and status not in STATUSES:
+            raise InvalidInput("status", "must be one of " + ", ".join(STATUSES))
+        async with self.tasks.store.read() as conn:
+            found = await command_rows.device_commands_page(
+                conn,
+                app_id=app_id,
+                source=SOURCE,
+                device_id=device_id,
+                page=page,
+                finished=finished,
+                status=status,
+                command_name=command_name,
+                created_from_ms=created_from_ms,
+                created_to_ms=created_to_ms,
+            )
+        return Page([command_from(*row) for row in found.items], found.count, found.marker)
 
     async def cancel(self, app_id: str, command_id: str) -> DeviceCommand:
         """Cancel a command that was not sent yet (PENDING); Conflict otherwise."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from itertools import islice
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetbatch.domain.documents import normalise_document
 from fleetbatch.domain.errors import AlreadyExists, Conflict, InvalidInput
 from fleetbatch.domain.ids import (
     device_id_for,
@@ -23,10 +25,13 @@ from fleetbatch.domain.registry import (
     DeviceStatus,
     NewDevice,
     Page,
+    check_extension_info,
     check_optional_text,
     check_secret,
     check_text,
+    extension_info_text,
 )
+from fleetbatch.domain.tasks import TaskType
 from fleetbatch.registry.common import (
     Service,
     require_app,
@@ -35,6 +40,7 @@ from fleetbatch.registry.common import (
     require_product,
 )
 from fleetbatch.store import devices as device_rows
+from fleetbatch.store import shadows as shadow_rows
 from fleetbatch.store.paging import PageRequest
 
 T = TypeVar("T")
@@ -109,6 +115,7 @@ class DeviceService(Service):
                     raise AlreadyExists("device", ids[0]) from exc
                 if group_id is not None:
                     await device_rows.add_members_by_device_id(conn, group_id, ids, app.project_id)
+                await _initial_shadows(conn, chunk, chunk_created, now)
                 sink(chunk_created)
                 total += len(chunk_created)
         return total
@@ -122,11 +129,14 @@ class DeviceService(Service):
         encrypt = self.vault.encrypt
         for spec in specs:
             spec.validate()
+            if spec.shadow:
+                _check_initial_shadow(spec.shadow)
             device_id = spec.device_id or device_id_for(product_id, spec.node_id)
             if len(device_id) > 128:
                 raise InvalidInput("device_id", "product_id + '_' + node_id exceeds 128 characters")
             secret = spec.secret or new_secret()
             tags = json.dumps(spec.tags, separators=(",", ":"))
+            extension = spec.extension_info
             rows.append(
                 (
                     device_id,
@@ -142,6 +152,7 @@ class DeviceService(Service):
                     tags,
                     spec.gateway_id,
                     now,
+                    None if extension is None else extension_info_text(extension),
                 )
             )
             created.append(CreatedDevice(device_id, spec.node_id, product_id, secret))
@@ -167,12 +178,12 @@ class DeviceService(Service):
             return await device_rows.get_device(conn, device_id)
 
     async def credentials(self, device_id: str) -> tuple[DeviceStatus, str] | None:
-        """(status, plain secret) for verifying a device's connect password, or None."""
+        """(status, plain primary secret) of a device, or None."""
         async with self.store.read() as conn:
             found = await device_rows.get_secret(conn, device_id)
         if found is None:
             return None
-        status, secret_enc = found
+        status, secret_enc, _ = found
         return status, self.vault.decrypt(secret_enc)
 
     async def record_presence(
@@ -192,16 +203,29 @@ class DeviceService(Service):
 
     async def credentials_many(
         self, device_ids: Sequence[str]
-    ) -> dict[str, tuple[DeviceStatus, str]]:
-        """`credentials` for many devices in one read (a connect storm); unknown ones absent."""
+    ) -> dict[str, tuple[DeviceStatus, tuple[str, ...]]]:
+        """(status, the plain secrets it may connect with, primary first) of many devices in
+        one read (a connect storm); unknown ones absent."""
         async with self.store.read() as conn:
             found = await device_rows.get_secrets(conn, device_ids)
-        return {i: (status, self.vault.decrypt(enc)) for i, (status, enc) in found.items()}
+        decrypt = self.vault.decrypt
+        return {
+            device_id: (status, tuple(decrypt(enc) for enc in (primary, secondary) if enc))
+            for device_id, (status, primary, secondary) in found.items()
+        }
 
     async def page(
-        self, project_id: str, page: PageRequest | None = None, **filters: Any
+        self,
+        project_id: str,
+        page: PageRequest | None = None,
+        *,
+        below_gateway: str | None = None,
+        created_from_ms: int | None = None,
+        created_to_ms: int | None = None,
+        **filters: Any,
     ) -> Page[Device]:
-        """A page of the project's devices, newest first, filtered by `DEVICE_FILTERS`."""
+        """A page of the project's devices, newest first, filtered by `DEVICE_FILTERS`, by
+        registration time (inclusive bounds) and to the devices below a gateway at any depth."""
         unknown = set(filters) - set(DEVICE_FILTERS)
         if unknown:
             raise InvalidInput(sorted(unknown)[0], "is not a device filter")
@@ -210,7 +234,13 @@ class DeviceService(Service):
             given["status"] = _device_status(given["status"])
         async with self.store.read() as conn:
             return await device_rows.list_devices(
-                conn, project_id, page or PageRequest(), filters=given
+                conn,
+                project_id,
+                page or PageRequest(),
+                filters=given,
+                below_gateway=below_gateway,
+                created_from_ms=created_from_ms,
+                created_to_ms=created_to_ms,
             )
 
     async def update(
@@ -222,12 +252,15 @@ class DeviceService(Service):
         description: str | None = None,
         location: str | None = None,
         tags: dict[str, str] | None = None,
+        extension_info: dict[str, Any] | None = None,
     ) -> Device:
-        """Change a device's descriptive fields; None leaves a field as it is."""
+        """Change a device's descriptive fields; None leaves a field as it is (the extension
+        info is replaced as a whole)."""
         if name is not None:
             check_text("device_name", name, 1, 256)
         check_optional_text("description", description, 2048)
         check_optional_text("location", location, 1024)
+        check_extension_info("extension_info", extension_info)
         changes: dict[str, Any] = {
             key: value
             for key, value in (
@@ -238,10 +271,14 @@ class DeviceService(Service):
             )
             if value is not None
         }
+        columns = dict(changes)
+        if extension_info is not None:
+            changes["extension_info"] = extension_info
+            columns["extension_info"] = extension_info_text(extension_info)
         async with self.store.write() as conn:
             current = await require_device(conn, project_id, device_id)
-            if changes:
-                await device_rows.update_device(conn, device_id, changes)
+            if columns:
+                await device_rows.update_device(conn, device_id, columns)
         return replace(current, **changes)
 
     async def delete(self, project_id: str, device_id: str) -> None:
@@ -273,17 +310,46 @@ class DeviceService(Service):
             await device_rows.update_device(conn, device_id, values)
         return replace(device, status=status, status_changed_at_ms=now)
 
-    async def reset_secret(self, project_id: str, device_id: str, secret: str | None = None) -> str:
-        """Give the device a new secret (generated unless given) and return it."""
+    async def reset_secret(
+        self,
+        project_id: str,
+        device_id: str,
+        secret: str | None = None,
+        *,
+        secondary: bool = False,
+    ) -> str:
+        """Give the device a new secret (generated unless given) and return it: its primary
+        one, or its `secondary` one (it may connect with either)."""
         if secret is not None:
             check_secret("secret", secret)
         new = secret or new_secret()
+        column = "secondary_secret_enc" if secondary else "secret_enc"
         async with self.store.write() as conn:
             await require_device(conn, project_id, device_id)
-            await device_rows.update_device(
-                conn, device_id, {"secret_enc": self.vault.encrypt(new)}
-            )
+            await device_rows.update_device(conn, device_id, {column: self.vault.encrypt(new)})
         return new
+
+
+async def _initial_shadows(
+    conn: AsyncConnection, specs: Sequence[NewDevice], created: Sequence[CreatedDevice], now: int
+) -> None:
+    """Store the initial desired values of the devices given some, as a shadow update does."""
+    wanted = [(c.device_id, s.shadow) for s, c in zip(specs, created, strict=True) if s.shadow]
+    if not wanted:
+        return
+    pks = await device_rows.device_pks(conn, [device_id for device_id, _ in wanted])
+    for device_id, shadow in wanted:
+        await shadow_rows.merge_desired(conn, [pks[device_id]], shadow, now)
+
+
+def _check_initial_shadow(shadow: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Initial desired values obey a shadow update's rules; InvalidInput names `shadow`."""
+    document = {"shadow": [{"service_id": s, "desired": dict(d)} for s, d in shadow]}
+    try:
+        normalise_document(TaskType.UPDATE_DEVICE_SHADOWS, document)
+    except InvalidInput as exc:
+        field = exc.field.removeprefix("document.")
+        raise InvalidInput(field, str(exc).split(": ", 1)[-1]) from None
 
 
 def _device_status(value: Any) -> str:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, exists, func, select
+from sqlalchemy import ColumnElement, Row, String, and_, cast, exists, func, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetbatch.domain.registry import Page
+from fleetbatch.domain.states import TERMINAL_SUBTASK_STATUSES, SubtaskStatus
 from fleetbatch.domain.tasks import Subtask, Task
+from fleetbatch.store.paging import PageRequest, fetch_page
 from fleetbatch.store.schema import command_cancel_tasks, subtasks, tasks
 from fleetbatch.store.subtasks import subtask_from_row
 from fleetbatch.store.tasks import task_from_row
@@ -49,6 +53,62 @@ async def page_commands(
         )
     ).all()
     return total, await with_subtasks(conn, rows)
+
+
+async def device_commands_page(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    source: str,
+    device_id: str,
+    page: PageRequest,
+    finished: bool,
+    status: str | None = None,
+    command_name: str | None = None,
+    created_from_ms: int | None = None,
+    created_to_ms: int | None = None,
+) -> Page[tuple[Task, Subtask]]:
+    """One marker page of a device's commands, newest first: the unfinished ones (its queue)
+    or the finished ones (its history), by their subtask's status.
+
+    `status` is a command status word: CANCELED is a stopped subtask, any other word the
+    phase of one that was not stopped (no phase yet reads PENDING).
+    """
+    final = [s.value for s in TERMINAL_SUBTASK_STATUSES]
+    where: list[ColumnElement[bool]] = [
+        tasks.c.app_id == app_id,
+        tasks.c.source == source,
+        subtasks.c.target == device_id,
+        subtasks.c.status.in_(final) if finished else subtasks.c.status.not_in(final),
+    ]
+    if status is not None:
+        where.append(command_status_is(status))
+    if command_name is not None:
+        where.append(document_text(conn, "command_name") == command_name)
+    if created_from_ms is not None:
+        where.append(tasks.c.created_at >= created_from_ms)
+    if created_to_ms is not None:
+        where.append(tasks.c.created_at <= created_to_ms)
+    query = select(tasks).select_from(tasks.join(subtasks, subtasks.c.task_pk == tasks.c.pk))
+    rows, count, marker = await fetch_page(conn, query, tasks.c.pk, where, page)
+    return Page(await with_subtasks(conn, rows), count, marker)
+
+
+def command_status_is(status: str) -> ColumnElement[bool]:
+    """The subtask condition of one command status word."""
+    stopped = SubtaskStatus.STOPPED.value
+    if status == "CANCELED":
+        return subtasks.c.status == stopped
+    phase = func.coalesce(subtasks.c.phase, "PENDING")
+    return and_(subtasks.c.status != stopped, phase == status)
+
+
+def document_text(conn: AsyncConnection, key: str) -> ColumnElement[str]:
+    """A top-level text field of the task's JSON document, on either database."""
+    if conn.dialect.name == "postgresql":
+        field: ColumnElement[str] = cast(tasks.c.document, postgresql.JSON)[key].astext
+        return field
+    return func.json_extract(tasks.c.document, f"$.{key}", type_=String)
 
 
 async def with_subtasks(conn: AsyncConnection, rows: Any) -> list[tuple[Task, Subtask]]:

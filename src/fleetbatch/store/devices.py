@@ -40,10 +40,12 @@ INSERT_COLUMNS = (
     "tags",
     "gateway_id",
     "created_at",
+    "extension_info",
 )
+SECRET_COLUMNS = ("secret_enc", "secondary_secret_enc")
 
-# Everything but the encrypted secret, which leaves the store only through `get_secret`.
-DEVICE_COLUMNS = [column for column in devices.c if column.key != "secret_enc"]
+# Everything but the encrypted secrets, which leave the store only through `get_secret(s)`.
+DEVICE_COLUMNS = [column for column in devices.c if column.key not in SECRET_COLUMNS]
 
 
 def device_from_row(row: Row[tuple[object, ...]]) -> Device:
@@ -67,6 +69,7 @@ def device_from_row(row: Row[tuple[object, ...]]) -> Device:
         active_at_ms=m["active_at"],
         last_seen_at_ms=m["last_seen_at"],
         status_changed_at_ms=m["status_changed_at"],
+        extension_info=json.loads(m["extension_info"]) if m["extension_info"] else None,
     )
 
 
@@ -149,21 +152,42 @@ async def get_device(conn: AsyncConnection, device_id: str) -> Device | None:
     return None if row is None else device_from_row(row)
 
 
-async def get_secret(conn: AsyncConnection, device_id: str) -> tuple[DeviceStatus, bytes] | None:
-    """(status, encrypted secret) of the device, or None."""
-    query = select(devices.c.status, devices.c.secret_enc).where(devices.c.device_id == device_id)
+async def get_secret(
+    conn: AsyncConnection, device_id: str
+) -> tuple[DeviceStatus, bytes, bytes | None] | None:
+    """(status, encrypted secret, encrypted secondary secret or None) of the device, or None."""
+    d = devices.c
+    query = select(d.status, d.secret_enc, d.secondary_secret_enc).where(d.device_id == device_id)
     row = (await conn.execute(query)).first()
-    return None if row is None else (DeviceStatus(row.status), row.secret_enc)
+    return None if row is None else (DeviceStatus(row.status), row[1], row[2])
 
 
 async def get_secrets(
     conn: AsyncConnection, device_ids: Sequence[str]
-) -> dict[str, tuple[DeviceStatus, bytes]]:
-    """(status, encrypted secret) of each of `device_ids` that exists, in one query."""
+) -> dict[str, tuple[DeviceStatus, bytes, bytes | None]]:
+    """`get_secret` of each of `device_ids` that exists, in one query."""
     d = devices.c
-    query = _select_by_device_ids(conn, [d.device_id, d.status, d.secret_enc], device_ids)
-    rows = (await conn.execute(query)).all()
-    return {row.device_id: (DeviceStatus(row.status), row.secret_enc) for row in rows}
+    columns = [d.device_id, d.status, d.secret_enc, d.secondary_secret_enc]
+    rows = (await conn.execute(_select_by_device_ids(conn, columns, device_ids))).all()
+    return {row[0]: (DeviceStatus(row[1]), row[2], row[3]) for row in rows}
+
+
+async def device_pks(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, int]:
+    """The pk of each of `device_ids` that exists."""
+    query = _select_by_device_ids(conn, [devices.c.device_id, devices.c.pk], device_ids)
+    return {device_id: pk for device_id, pk in (await conn.execute(query)).all()}
+
+
+def descendants_of(gateway_id: str) -> ColumnElement[bool]:
+    """Devices below a gateway at any depth: its children, their children, and so on."""
+    tree = (
+        select(devices.c.device_id)
+        .where(devices.c.gateway_id == gateway_id)
+        .cte("tree", recursive=True)
+    )
+    below = devices.alias("below")
+    tree = tree.union(select(below.c.device_id).where(below.c.gateway_id == tree.c.device_id))
+    return devices.c.device_id.in_(select(tree.c.device_id))
 
 
 async def list_devices(
@@ -172,9 +196,19 @@ async def list_devices(
     page: PageRequest,
     *,
     filters: dict[str, Any],
+    below_gateway: str | None = None,
+    created_from_ms: int | None = None,
+    created_to_ms: int | None = None,
 ) -> Page[Device]:
-    """A page of the project's devices, newest first; `filters` maps column names to values."""
+    """A page of the project's devices, newest first; `filters` maps column names to values;
+    registration time within inclusive bounds; below a gateway at any depth."""
     where: list[ColumnElement[bool]] = [devices.c.project_id == project_id]
+    if below_gateway is not None:
+        where.append(descendants_of(below_gateway))
+    if created_from_ms is not None:
+        where.append(devices.c.created_at >= created_from_ms)
+    if created_to_ms is not None:
+        where.append(devices.c.created_at <= created_to_ms)
     where.extend(devices.c[name] == value for name, value in filters.items())
     rows, count, marker = await fetch_page(conn, select(*DEVICE_COLUMNS), devices.c.pk, where, page)
     return Page(items=[device_from_row(row) for row in rows], count=count, marker=marker)

@@ -129,6 +129,9 @@ devices = Table(
     Column("active_at", BigInteger),
     Column("last_seen_at", BigInteger),
     Column("status_changed_at", BigInteger),
+    # the spare secret a device may also connect with (IoTDA's SECONDARY secret)
+    Column("secondary_secret_enc", LargeBinary),
+    Column("extension_info", Text),  # JSON object, the caller's own (≤ 1 KB)
     Index(None, "project_id", "pk"),
     Index(None, "app_id", "pk"),
     Index(None, "product_id", "pk"),

@@ -21,8 +21,9 @@ from fleetbatch.api.v5.common import (
     RuntimeDep,
     Signed,
     app_of,
+    paged,
 )
-from fleetbatch.api.v5.route import V5Route
+from fleetbatch.api.v5.route import Caller, V5Route
 from fleetbatch.domain.errors import Conflict, InvalidInput, NotFound
 from fleetbatch.domain.registry import check_group_id
 from fleetbatch.domain.tasks import (
@@ -408,10 +409,7 @@ async def list_batch_tasks(
         status=internal,
         exclude_sources=SINGLE_DEVICE_SOURCES,
     )
-    return {
-        "batchtasks": [task_wire(task) for task in page.items],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return paged("batchtasks", page, task_wire)
 
 
 @router.get(
@@ -440,11 +438,7 @@ async def show_batch_task(
     )
     if task.source in SINGLE_DEVICE_SOURCES:
         raise NotFound("task", task_id)
-    return {
-        "batchtask": task_wire(task),
-        "task_details": [detail_wire(subtask) for subtask in page.items],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return {"batchtask": task_wire(task), **paged("task_details", page, detail_wire)}
 
 
 @router.delete(
@@ -460,6 +454,14 @@ async def delete_batch_task(task_id: TaskId, runtime: RuntimeDep, who: Signed) -
 OptionalTargets = Annotated[BatchTargets | None, Body()]
 
 
+async def _named_targets(
+    runtime: Runtime, who: Caller, task_id: str, body: BatchTargets | None
+) -> list[str] | None:
+    """The targets a stop or retry names (None: the whole task) once the batch task is found."""
+    await batch_task(runtime, who.project_id, task_id)
+    return body.targets if body and body.targets else None
+
+
 @router.post(
     "/batchtasks/{task_id}/stop",
     response_model=BatchTargetResultsWire,
@@ -470,8 +472,7 @@ async def stop_batch_task(
     task_id: TaskId, runtime: RuntimeDep, who: Signed, body: OptionalTargets = None
 ) -> dict[str, Any]:
     """Stop the task, or the named targets' waiting, processing and retry-waiting subtasks."""
-    targets = body.targets if body and body.targets else None
-    await batch_task(runtime, who.project_id, task_id)
+    targets = await _named_targets(runtime, who, task_id, body)
     results = await runtime.tasks.stop(task_id, project_id=who.project_id, targets=targets)
     return results_wire(results)
 
@@ -486,8 +487,7 @@ async def retry_batch_task(
     task_id: TaskId, runtime: RuntimeDep, who: Signed, body: OptionalTargets = None
 ) -> dict[str, Any]:
     """Run the failed, retry-waiting and stopped subtasks again (all, or the named targets')."""
-    targets = body.targets if body and body.targets else None
-    await batch_task(runtime, who.project_id, task_id)
+    targets = await _named_targets(runtime, who, task_id, body)
     results = await runtime.tasks.retry(task_id, project_id=who.project_id, targets=targets)
     return results_wire(results)
 

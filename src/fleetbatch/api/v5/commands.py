@@ -10,12 +10,25 @@ delivers it may run in another process).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
+    ID_PATTERN,
+    CompactTime,
+    DeviceId,
+    PageOut,
+    Paging,
+    RuntimeDep,
+    Signed,
+    device_app_id,
+    paged,
+    time_window,
+)
 from fleetbatch.api.v5.route import Caller, V5Route, WireError
 from fleetbatch.api.v5.wire import SUBTASK_ERROR_CODES
 from fleetbatch.domain.errors import NotFound
@@ -23,10 +36,10 @@ from fleetbatch.domain.timefmt import to_compact
 from fleetbatch.engine import device_commands as dc
 from fleetbatch.engine.device_commands import DeviceCommand, DeviceCommands
 from fleetbatch.runtime import Runtime
+from fleetbatch.store.paging import PageRequest
 
 router = APIRouter(route_class=V5Route, tags=["Commands"])
 
-DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 CommandId = Annotated[str, Path(max_length=100, pattern=ID_PATTERN)]
 DEFAULT_EXPIRE_S = 24 * 3600
 # how often a synchronous call reads its command's record while it waits
@@ -62,24 +75,85 @@ class CommandResultWire(BaseModel):
     error_msg: str | None = None
 
 
-class AsyncCommandWire(BaseModel):
-    """An async command's record."""
+class AsyncCommandSummaryWire(BaseModel):
+    """AsyncDeviceListCommand: a listed command, without its paras and result."""
 
     device_id: str
     command_id: str
     service_id: str | None = None
     command_name: str | None = None
-    paras: dict[str, Any]
     expire_time: int
     status: str = Field(
         description="PENDING, SENT, DELIVERED, SUCCESSFUL, FAILED, TIMEOUT, EXPIRED (CANCELED)"
     )
-    result: Any = None
     created_time: str
     sent_time: str | None = None
     delivered_time: str | None = None
     response_time: str | None = None
     send_strategy: str
+
+
+class AsyncCommandWire(AsyncCommandSummaryWire):
+    """An async command's record (CreateAsyncCommand, ShowAsyncDeviceCommand)."""
+
+    paras: dict[str, Any]
+    result: Any = None
+
+
+class ListAsyncCommandsWire(BaseModel):
+    """ListAsyncCommands: a page of the device's queue (PENDING, SENT, DELIVERED)."""
+
+    commands: list[AsyncCommandSummaryWire]
+    page: PageOut
+
+
+class HistoryPageOut(BaseModel):
+    """HistoryCommandPage: only the marker of the page's last record."""
+
+    marker: str | None = Field(None, description="Pass as the next page's marker")
+
+
+class ListAsyncHistoryCommandsWire(BaseModel):
+    """ListAsyncHistoryCommands: a page of the device's finished commands."""
+
+    commands: list[AsyncCommandSummaryWire]
+    page: HistoryPageOut
+
+
+class CountWire(BaseModel):
+    """CountAsyncHistoryCommands."""
+
+    count: int
+
+
+StatusWord = Annotated[
+    str | None, Query(max_length=16, description="Command status, e.g. PENDING or SUCCESSFUL")
+]
+CommandName = Annotated[str | None, Query(min_length=1, max_length=128)]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFilters:
+    """What a listing of a device's commands is filtered by (creation times in ms)."""
+
+    status: str | None
+    command_name: str | None
+    created_from_ms: int | None
+    created_to_ms: int | None
+
+
+def command_filters(
+    start_time: CompactTime = None,
+    end_time: CompactTime = None,
+    status: StatusWord = None,
+    command_name: CommandName = None,
+) -> CommandFilters:
+    """The query filters of ListAsyncCommands, ListAsyncHistoryCommands and the count."""
+    created_from_ms, created_to_ms = time_window(start_time, end_time)
+    return CommandFilters(status, command_name, created_from_ms, created_to_ms)
+
+
+Filters = Annotated[CommandFilters, Depends(command_filters)]
 
 
 def commands_of(request: Request, runtime: Runtime) -> DeviceCommands:
@@ -113,10 +187,6 @@ def command_wire(command: DeviceCommand) -> dict[str, Any]:
     }
 
 
-async def _device_app(runtime: Runtime, who: Caller, device_id: str) -> str:
-    return (await runtime.registry.devices.get(who.project_id, device_id)).app_id
-
-
 @router.post(
     "/devices/{device_id}/async-commands",
     status_code=201,
@@ -133,7 +203,7 @@ async def create_async_command(
 ) -> dict[str, Any]:
     """Queue a command for a device: sent now (`immediately`), or held while it is offline
     for up to expire_time seconds (`delay`, 24 h unless given)."""
-    app_id = await _device_app(runtime, who, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     expire_s = 0 if body.send_strategy == "immediately" else body.expire_time
     command = await commands_of(request, runtime).send(
         app_id,
@@ -146,6 +216,83 @@ async def create_async_command(
     return command_wire(command)
 
 
+async def _device_page(
+    request: Request,
+    runtime: Runtime,
+    who: Caller,
+    device_id: str,
+    paging: PageRequest,
+    filters: CommandFilters,
+    *,
+    finished: bool,
+) -> dict[str, Any]:
+    """One list response of a device's commands: its queue or its history."""
+    app_id = await device_app_id(runtime, who, device_id)
+    page = await commands_of(request, runtime).device_page(
+        app_id,
+        device_id,
+        paging,
+        finished=finished,
+        status=filters.status,
+        command_name=filters.command_name,
+        created_from_ms=filters.created_from_ms,
+        created_to_ms=filters.created_to_ms,
+    )
+    return paged("commands", page, command_wire)
+
+
+@router.get(
+    "/devices/{device_id}/async-commands",
+    response_model=ListAsyncCommandsWire,
+    summary="ListAsyncCommands",
+    **EXCLUDE_NONE,
+)
+async def list_async_commands(
+    device_id: DeviceId,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+    paging: Paging,
+    filters: Filters,
+) -> dict[str, Any]:
+    """The device's queue, newest first: commands held (PENDING), sent (SENT) or at the
+    device (DELIVERED) and not finished; created within the time window, if given."""
+    return await _device_page(request, runtime, who, device_id, paging, filters, finished=False)
+
+
+@router.get(
+    "/devices/{device_id}/async-commands-history",
+    response_model=ListAsyncHistoryCommandsWire,
+    summary="ListAsyncHistoryCommands",
+    **EXCLUDE_NONE,
+)
+async def list_async_history_commands(
+    device_id: DeviceId,
+    request: Request,
+    runtime: RuntimeDep,
+    who: Signed,
+    paging: Paging,
+    filters: Filters,
+) -> dict[str, Any]:
+    """The device's finished commands, newest first: SUCCESSFUL, FAILED, TIMEOUT, EXPIRED
+    (and CANCELED by the legacy dialect)."""
+    return await _device_page(request, runtime, who, device_id, paging, filters, finished=True)
+
+
+@router.post(
+    "/devices/{device_id}/async-commands-history/count",
+    response_model=CountWire,
+    summary="CountAsyncHistoryCommands",
+)
+async def count_async_history_commands(
+    device_id: DeviceId, request: Request, runtime: RuntimeDep, who: Signed, filters: Filters
+) -> dict[str, Any]:
+    """How many finished commands the device has, filtered as its history is."""
+    page = PageRequest(limit=1)
+    body = await _device_page(request, runtime, who, device_id, page, filters, finished=True)
+    return {"count": body["page"]["count"]}
+
+
 @router.get(
     "/devices/{device_id}/async-commands/{command_id}",
     response_model=AsyncCommandWire,
@@ -156,7 +303,7 @@ async def show_async_device_command(
     device_id: DeviceId, command_id: CommandId, request: Request, runtime: RuntimeDep, who: Signed
 ) -> dict[str, Any]:
     """One async command of a device, with its status and the device's answer."""
-    app_id = await _device_app(runtime, who, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     command = await commands_of(request, runtime).get(app_id, command_id)
     if command.device_id != device_id:
         raise NotFound("command", command_id)
@@ -174,7 +321,7 @@ async def create_command(
 ) -> dict[str, Any]:
     """Send a command to an online device and wait for its answer (the command timeout,
     20 s by default; then IOTDA.014111 in the body)."""
-    app_id = await _device_app(runtime, who, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     commands = commands_of(request, runtime)
     command = await commands.send(
         app_id, device_id, body.service_id or "", body.command_name or "", body.paras,

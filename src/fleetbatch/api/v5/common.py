@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Query
 from fastapi.security import APIKeyHeader
@@ -10,9 +11,10 @@ from pydantic import BaseModel, Field
 
 from fleetbatch.api.app import get_runtime
 from fleetbatch.api.v5.route import Caller, caller
-from fleetbatch.domain.errors import NotFound
+from fleetbatch.domain.errors import InvalidInput, NotFound
 from fleetbatch.domain.ids import MAX_MARKER
-from fleetbatch.domain.registry import App
+from fleetbatch.domain.registry import App, Page
+from fleetbatch.domain.timefmt import from_compact
 from fleetbatch.runtime import Runtime
 from fleetbatch.store.paging import MAX_LIMIT, MAX_OFFSET, PageRequest
 
@@ -65,6 +67,38 @@ Signed = Annotated[Caller, Depends(caller)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+T = TypeVar("T")
+DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN, description="Device id")]
+COMPACT_TIME = r"^\d{8}T\d{6}Z$"
+CompactTime = Annotated[
+    str | None, Query(pattern=COMPACT_TIME, description="UTC, yyyyMMdd'T'HHmmss'Z'")
+]
+
+
+def time_window(start_time: str | None, end_time: str | None) -> tuple[int | None, int | None]:
+    """(from_ms, to_ms) of a query's `start_time`/`end_time`, either open; InvalidInput
+    naming the field for a time that does not exist or a window that ends before it starts."""
+    bounds: list[int | None] = []
+    for field, text in (("start_time", start_time), ("end_time", end_time)):
+        try:
+            bounds.append(None if text is None else from_compact(text))
+        except ValueError as exc:
+            raise InvalidInput(field, str(exc)) from None
+    start_ms, end_ms = bounds
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
+        # not a format error (IOTDA.000009): the plain invalid-input code
+        raise InvalidInput("start_time..end_time", "end_time must not be before start_time")
+    return start_ms, end_ms
+
+
+def paged(key: str, page: Page[T], item_wire: Callable[[T], Any]) -> dict[str, Any]:
+    """A list response: the page's items under `key`, and IoTDA's page object."""
+    return {
+        key: [item_wire(item) for item in page.items],
+        "page": {"count": page.count, "marker": page.marker},
+    }
+
+
 class PageOut(BaseModel):
     """Page: how many records match in all, and the marker of this page's last record."""
 
@@ -83,6 +117,11 @@ async def app_of(runtime: Runtime, who: Caller, app_id: str | None) -> App:
     if not apps:
         raise NotFound("app", "(default)")
     return apps[0]
+
+
+async def device_app_id(runtime: Runtime, who: Caller, device_id: str) -> str:
+    """The resource space of the caller's device; NotFound (IOTDA.014000) otherwise."""
+    return (await runtime.registry.devices.get(who.project_id, device_id)).app_id
 
 
 async def app_names(runtime: Runtime, who: Caller) -> dict[str, str]:

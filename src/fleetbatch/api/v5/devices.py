@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleetbatch.api.v5.common import (
     EXCLUDE_NONE,
     ID_PATTERN,
+    CompactTime,
+    DeviceId,
     PageOut,
     Paging,
     RuntimeDep,
     Signed,
     app_names,
+    paged,
+    time_window,
 )
 from fleetbatch.api.v5.route import Caller, V5Route
+from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.domain.errors import InvalidInput
 from fleetbatch.domain.registry import Device, NewDevice
 from fleetbatch.domain.timefmt import to_compact
@@ -24,7 +29,6 @@ from fleetbatch.runtime import Runtime
 
 router = APIRouter(route_class=V5Route, tags=["Devices"])
 
-DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 DEVICE_KEY_SHAPE = r"^[A-Za-z0-9_-]{8,32}$"
 
 
@@ -40,6 +44,13 @@ class AuthInfo(BaseModel):
     timeout: int | None = Field(None, ge=0, le=2_147_483_647)
 
 
+class InitialDesired(BaseModel):
+    """InitialDesired: one service's initial desired values."""
+
+    service_id: str = Field(min_length=1, max_length=64)
+    desired: dict[str, Any]
+
+
 class AddDevice(BaseModel):
     """AddDevice body."""
 
@@ -51,8 +62,10 @@ class AddDevice(BaseModel):
     description: str | None = Field(None, max_length=2048)
     gateway_id: str | None = Field(None, max_length=128, pattern=ID_PATTERN)
     app_id: str | None = Field(None, max_length=36, pattern=ID_PATTERN)
-    extension_info: dict[str, Any] | None = None
-    shadow: list[dict[str, Any]] | None = None
+    extension_info: dict[str, Any] | None = Field(None, description="Yours, ≤ 1 KB as JSON")
+    shadow: list[InitialDesired] | None = Field(
+        None, description="Initial desired values, stored as a shadow update would store them"
+    )
 
 
 class AuthInfoWithoutSecret(BaseModel):
@@ -86,6 +99,7 @@ class AuthInfoWire(BaseModel):
 
     auth_type: str
     secret: str | None = None
+    secondary_secret: str | None = None
     secure_access: bool
     timeout: int
 
@@ -123,6 +137,7 @@ class DeviceWire(DeviceSummaryWire):
     create_time: str
     connection_status_update_time: str | None = None
     active_time: str | None = None
+    extension_info: dict[str, Any] | None = None
 
 
 class ListDevicesWire(BaseModel):
@@ -187,6 +202,7 @@ def device_wire(
             wire["connection_status_update_time"] = to_compact(device.status_changed_at_ms)
         if device.active_at_ms is not None:
             wire["active_time"] = to_compact(device.active_at_ms)
+        wire["extension_info"] = device.extension_info
     return wire
 
 
@@ -198,6 +214,14 @@ async def _full(
     return device_wire(device, apps, products, secret=secret)
 
 
+async def _disconnect(request: Request, device_id: str) -> None:
+    """Close the device's connection, as the freezeDevices executor does; called after the
+    commit, so its next CONNECT already meets the change (frozen, new secret)."""
+    channel: DeviceChannel | None = request.app.state.channel
+    if channel is not None:
+        await channel.disconnect(device_id)
+
+
 @router.post(
     "/devices", status_code=201, response_model=DeviceWire, summary="AddDevice", **EXCLUDE_NONE
 )
@@ -206,10 +230,6 @@ async def add_device(body: AddDevice, runtime: RuntimeDep, who: Signed) -> dict[
     auth = body.auth_info or AuthInfo()
     if auth.auth_type == "CERTIFICATES" or auth.fingerprint is not None:
         raise InvalidInput("auth_info.auth_type", "only SECRET authentication is supported")
-    if body.extension_info is not None:
-        raise InvalidInput("extension_info", "is not supported yet")
-    if body.shadow is not None:
-        raise InvalidInput("shadow", "initial desired values are not supported yet")
     product = await runtime.registry.products.get(who.project_id, body.product_id)
     if body.app_id is not None and body.app_id != product.app_id:
         raise InvalidInput("app_id", "the product belongs to another resource space")
@@ -222,6 +242,8 @@ async def add_device(body: AddDevice, runtime: RuntimeDep, who: Signed) -> dict[
         secret=auth.secret,
         description=body.description,
         gateway_id=body.gateway_id,
+        extension_info=body.extension_info,
+        shadow=tuple((item.service_id, item.desired) for item in body.shadow or ()),
     )
     created = await runtime.registry.devices.create(product.app_id, product.product_id, spec)
     device = await runtime.registry.devices.get(who.project_id, created.device_id)
@@ -244,15 +266,14 @@ async def list_devices(
     is_cascade_query: bool | None = None,
     node_id: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
     device_name: Annotated[str | None, Query(max_length=256)] = None,
-    start_time: Annotated[str | None, Query(pattern=r"^\d{8}T\d{6}Z$")] = None,
-    end_time: Annotated[str | None, Query(pattern=r"^\d{8}T\d{6}Z$")] = None,
+    start_time: CompactTime = None,
+    end_time: CompactTime = None,
     app_id: Annotated[str | None, Query(max_length=36, pattern=ID_PATTERN)] = None,
 ) -> dict[str, Any]:
-    """The project's devices, newest first, filtered."""
-    if is_cascade_query:
-        raise InvalidInput("is_cascade_query", "cascading queries are not supported yet")
-    if start_time is not None or end_time is not None:
-        raise InvalidInput("start_time", "filtering by registration time is not supported yet")
+    """The project's devices, newest first, filtered; registered within the time window;
+    with `gateway_id`, its children (`is_cascade_query`: every device below it, any depth)."""
+    created_from_ms, created_to_ms = time_window(start_time, end_time)
+    cascade = bool(is_cascade_query) and gateway_id is not None
     page = await runtime.registry.devices.page(
         who.project_id,
         paging,
@@ -260,14 +281,14 @@ async def list_devices(
         product_id=product_id,
         node_id=node_id,
         name=device_name,
-        gateway_id=gateway_id,
+        gateway_id=None if cascade else gateway_id,
+        below_gateway=gateway_id if cascade else None,
+        created_from_ms=created_from_ms,
+        created_to_ms=created_to_ms,
     )
     apps = await app_names(runtime, who)
     products = await product_names(runtime, who, page.items)
-    return {
-        "devices": [device_wire(d, apps, products, full=False) for d in page.items],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return paged("devices", page, lambda d: device_wire(d, apps, products, full=False))
 
 
 @router.put(
@@ -276,15 +297,17 @@ async def list_devices(
 async def update_device(
     device_id: DeviceId, body: UpdateDevice, runtime: RuntimeDep, who: Signed
 ) -> dict[str, Any]:
-    """Rename a device or change its description."""
-    if body.extension_info is not None:
-        raise InvalidInput("extension_info", "is not supported yet")
+    """Rename a device, change its description or replace its extension info."""
     if body.auth_info is not None and (
         body.auth_info.secure_access is False or body.auth_info.timeout
     ):
         raise InvalidInput("auth_info", "fleetbatch devices always use secure access, no expiry")
     device = await runtime.registry.devices.update(
-        who.project_id, device_id, name=body.device_name, description=body.description
+        who.project_id,
+        device_id,
+        name=body.device_name,
+        description=body.description,
+        extension_info=body.extension_info,
     )
     return await _full(runtime, who, device)
 
@@ -301,9 +324,12 @@ async def delete_device(device_id: DeviceId, runtime: RuntimeDep, who: Signed) -
 @router.post(
     "/devices/{device_id}/freeze", status_code=204, response_class=Response, summary="FreezeDevice"
 )
-async def freeze_device(device_id: DeviceId, runtime: RuntimeDep, who: Signed) -> Response:
-    """Freeze a device: it may not connect until unfrozen."""
+async def freeze_device(
+    device_id: DeviceId, request: Request, runtime: RuntimeDep, who: Signed
+) -> Response:
+    """Freeze a device: its connection is closed and it may not connect until unfrozen."""
     await runtime.registry.devices.freeze(who.project_id, device_id)
+    await _disconnect(request, device_id)
     return Response(status_code=204)
 
 
@@ -329,13 +355,16 @@ async def device_action(
     runtime: RuntimeDep,
     who: Signed,
     action_id: Annotated[Literal["resetSecret"], Query(description="resetSecret")],
+    request: Request,
     body: ResetDeviceSecret | None = None,
 ) -> dict[str, Any]:
-    """Give a device a new secret; it connects with it from its next connection on."""
+    """Give a device a new primary or secondary secret (it may connect with either), used
+    from its next connection on; `force_disconnect` closes the connection it has now."""
     body = body or ResetDeviceSecret()
-    if body.secret_type not in (None, "PRIMARY"):
-        raise InvalidInput("secret_type", "devices have one secret (PRIMARY)")
+    which = body.secret_type or "PRIMARY"
+    secret = await runtime.registry.devices.reset_secret(
+        who.project_id, device_id, body.secret, secondary=which == "SECONDARY"
+    )
     if body.force_disconnect:
-        raise InvalidInput("force_disconnect", "disconnecting the device is not supported yet")
-    secret = await runtime.registry.devices.reset_secret(who.project_id, device_id, body.secret)
-    return {"device_id": device_id, "secret": secret, "secret_type": "PRIMARY"}
+        await _disconnect(request, device_id)
+    return {"device_id": device_id, "secret": secret, "secret_type": which}

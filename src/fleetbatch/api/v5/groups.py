@@ -10,15 +10,17 @@ from pydantic import BaseModel, Field
 from fleetbatch.api.v5.common import (
     EXCLUDE_NONE,
     ID_PATTERN,
+    CompactTime,
     PageOut,
     Paging,
     RuntimeDep,
     Signed,
     app_of,
+    paged,
 )
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.domain.errors import InvalidInput, NotFound
-from fleetbatch.domain.registry import DeviceGroup
+from fleetbatch.domain.registry import Device, DeviceGroup, Page
 
 router = APIRouter(route_class=V5Route, tags=["Device groups"])
 
@@ -131,19 +133,16 @@ async def list_device_groups(
     app_id: Annotated[str | None, Query(max_length=36, pattern=ID_PATTERN)] = None,
     group_type: Literal["STATIC", "DYNAMIC"] | None = None,
     name: Annotated[str | None, Query(max_length=64)] = None,
-    last_modified_time: Annotated[str | None, Query(pattern=r"^\d{8}T\d{6}Z$")] = None,
+    last_modified_time: CompactTime = None,
 ) -> dict[str, Any]:
     """The project's groups, newest first."""
     if last_modified_time is not None:
         raise InvalidInput("last_modified_time", "is not supported yet")
     if group_type == "DYNAMIC":
-        page_items: list[DeviceGroup] = []
-        return {"device_groups": page_items, "page": {"count": 0}}
+        # fleetbatch keeps only static groups
+        return paged("device_groups", Page[DeviceGroup]([], 0, None), group_wire)
     page = await runtime.registry.groups.page(who.project_id, paging, app_id=app_id, name=name)
-    return {
-        "device_groups": [group_wire(g) for g in page.items],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return paged("device_groups", page, group_wire)
 
 
 @router.put(
@@ -196,6 +195,16 @@ async def change_group_members(
     return Response(status_code=200)
 
 
+def member_wire(device: Device) -> dict[str, Any]:
+    """SimplifyDevice: a group member as ShowDevicesInGroup lists it."""
+    return {
+        "device_id": device.device_id,
+        "node_id": device.node_id,
+        "device_name": device.name,
+        "product_id": device.product_id,
+    }
+
+
 @router.get(
     "/device-group/{group_id}/devices",
     response_model=GroupDevicesWire,
@@ -207,15 +216,4 @@ async def show_devices_in_group(
 ) -> dict[str, Any]:
     """A page of the group's devices, newest first."""
     page = await runtime.registry.groups.members(who.project_id, group_id, paging)
-    return {
-        "devices": [
-            {
-                "device_id": d.device_id,
-                "node_id": d.node_id,
-                "device_name": d.name,
-                "product_id": d.product_id,
-            }
-            for d in page.items
-        ],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return paged("devices", page, member_wire)

@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import (
+    EXCLUDE_NONE,
+    DeviceId,
+    RuntimeDep,
+    Signed,
+    device_app_id,
+)
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.api.v5.wire import SUBTASK_ERROR_CODES
 from fleetbatch.domain.timefmt import to_compact
@@ -17,7 +23,6 @@ from fleetbatch.runtime import Runtime
 
 router = APIRouter(route_class=V5Route, tags=["Messages"])
 
-DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 MessageId = Annotated[str, Path(max_length=100)]
 
 
@@ -112,10 +117,6 @@ def message_wire(message: DeviceMessage) -> dict[str, Any]:
     }
 
 
-async def _app_of_device(runtime: Runtime, project_id: str, device_id: str) -> str:
-    return (await runtime.registry.devices.get(project_id, device_id)).app_id
-
-
 @router.post(
     "/devices/{device_id}/messages",
     status_code=201,
@@ -131,7 +132,7 @@ async def create_message(
     who: Signed,
 ) -> dict[str, Any]:
     """Send a message to a device (delivered when it is online; its PUBACK confirms it)."""
-    app_id = await _app_of_device(runtime, who.project_id, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     document = body.model_dump(exclude_none=True)
     message = await messages_of(request, runtime).send(app_id, device_id, document)
     wire = message_wire(message)
@@ -149,7 +150,7 @@ async def show_device_message(
     device_id: DeviceId, message_id: MessageId, request: Request, runtime: RuntimeDep, who: Signed
 ) -> dict[str, Any]:
     """One message to a device, with its status."""
-    app_id = await _app_of_device(runtime, who.project_id, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     return message_wire(await messages_of(request, runtime).get(app_id, device_id, message_id))
 
 
@@ -163,6 +164,6 @@ async def list_device_messages(
     device_id: DeviceId, request: Request, runtime: RuntimeDep, who: Signed
 ) -> dict[str, Any]:
     """The device's newest messages (up to 100), newest first."""
-    app_id = await _app_of_device(runtime, who.project_id, device_id)
+    app_id = await device_app_id(runtime, who, device_id)
     messages = await messages_of(request, runtime).recent(app_id, device_id)
     return {"device_id": device_id, "messages": [message_wire(m) for m in messages]}

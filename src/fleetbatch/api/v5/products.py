@@ -16,6 +16,7 @@ from fleetbatch.api.v5.common import (
     Signed,
     app_names,
     app_of,
+    paged,
 )
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.domain.errors import InvalidInput, NotFound
@@ -163,10 +164,7 @@ async def list_products(
         who.project_id, paging, app_id=app_id, name=product_name
     )
     names = await app_names(runtime, who)
-    return {
-        "products": [product_wire(p, names, full=False) for p in page.items],
-        "page": {"count": page.count, "marker": page.marker},
-    }
+    return paged("products", page, lambda p: product_wire(p, names, full=False))
 
 
 @router.put(

@@ -8,12 +8,12 @@ connects.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from fleetbatch.api.v5.common import EXCLUDE_NONE, ID_PATTERN, RuntimeDep, Signed
+from fleetbatch.api.v5.common import EXCLUDE_NONE, DeviceId, RuntimeDep, Signed
 from fleetbatch.api.v5.route import V5Route
 from fleetbatch.devices.channel import DeviceChannel
 from fleetbatch.domain.documents import MAX_SHADOW_SERVICES
@@ -22,8 +22,6 @@ from fleetbatch.domain.timefmt import to_compact
 from fleetbatch.engine.executors.shadows import PUSH_TIMEOUT_S, push_desired
 
 router = APIRouter(route_class=V5Route, tags=["Device shadows"])
-
-DeviceId = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 
 
 class UpdateDesired(BaseModel):

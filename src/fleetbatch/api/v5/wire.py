@@ -128,7 +128,9 @@ ERRORS: MappingProxyType[type[FleetbatchError], tuple[int, str, str]] = MappingP
     }
 )
 # query and body fields whose range errors have their own code
-FIELD_CODES = MappingProxyType({"limit": BAD_LIMIT, "marker": BAD_MARKER})
+FIELD_CODES = MappingProxyType(
+    {"limit": BAD_LIMIT, "marker": BAD_MARKER, "start_time": BAD_TIME, "end_time": BAD_TIME}
+)
 
 
 def error_for(exc: FleetbatchError) -> tuple[int, str, str]:
