@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field, ValidationError
 
 from fleetbatch.api.legacy.common import (
     Caller,
@@ -21,10 +20,16 @@ from fleetbatch.api.legacy.common import (
     mapped,
     query_int,
     query_value,
+    read_wire,
     runtime_of,
 )
 from fleetbatch.api.legacy.errors import Api, fail, translate
-from fleetbatch.api.legacy.schemas import CommandDTO, Wire, first_problem
+from fleetbatch.api.legacy.schemas import (
+    DeviceCmdCancelTaskIn,
+    PostDeviceCommandIn,
+    UpdateDeviceCommandIn,
+    openapi_body,
+)
 from fleetbatch.domain.errors import FleetbatchError, NotFound
 from fleetbatch.domain.ids import is_hex24
 from fleetbatch.domain.outbox import result_detail
@@ -36,18 +41,6 @@ router = APIRouter(prefix="/iocm/app/cmd/v1.4.0", route_class=LegacyRoute)
 
 API = Api.COMMANDS
 MAX_PAGE_SIZE = 1000  # spec §3.2 (unconfirmed): 1-1000, default 1000
-
-
-class PostDeviceCommandIn(Wire):
-    """PostDeviceCommandInDTO."""
-
-    device_id: str = Field(alias="deviceId", min_length=1, max_length=64)
-    command: CommandDTO
-    callback_url: str | None = Field(None, alias="callbackUrl", max_length=1024)
-    expire_time: int | None = Field(None, alias="expireTime", ge=0, le=dc.MAX_EXPIRE_S, strict=True)
-    max_retransmit: int | None = Field(
-        None, alias="maxRetransmit", ge=0, le=dc.MAX_RETRANSMIT, strict=True
-    )
 
 
 def commands_of(request: Request) -> DeviceCommands:
@@ -99,16 +92,13 @@ async def _own_device(request: Request, app_id: str, device_id: str) -> None:
         raise fail(API, 404, "100403", f"device {device_id}")
 
 
-@router.post("/deviceCommands")
+@router.post("/deviceCommands", openapi_extra=openapi_body(PostDeviceCommandIn))
 @router.post("/deviceCommands/", include_in_schema=False)
 async def post_device_command(request: Request) -> Response:
     """Create a command: 201 and its record; held PENDING while the device is offline."""
     caller = await authenticate(request, API, query_value(request, "appId"))
     body = await json_body(request, API, "100022")
-    try:
-        wire = PostDeviceCommandIn.model_validate(body)
-    except ValidationError as error:
-        raise fail(API, 400, "100022", first_problem(error)) from None
+    wire = read_wire(PostDeviceCommandIn, body, API, "100022")
     if wire.callback_url is not None and not wire.callback_url.startswith(("http://", "https://")):
         raise fail(API, 400, "100022", "callbackUrl must be an http:// or https:// URL")
     await _own_device(request, caller.acting_app_id, wire.device_id)
@@ -171,13 +161,11 @@ async def query_device_commands(request: Request) -> Response:
     )
 
 
-@router.put("/deviceCommands/{command_id}")
+@router.put("/deviceCommands/{command_id}", openapi_extra=openapi_body(UpdateDeviceCommandIn))
 async def update_device_command(request: Request, command_id: str) -> Response:
     """`{"status": "CANCELED"}` cancels a PENDING command: 200 and its record."""
     caller = await authenticate(request, API, query_value(request, "appId"))
-    body = await json_body(request, API, "100022")
-    if body.get("status") != dc.CANCELED:
-        raise fail(API, 400, "100022", "status can only be CANCELED")
+    read_wire(UpdateDeviceCommandIn, await json_body(request, API, "100022"), API, "100022")
     if not is_hex24(command_id):
         raise fail(API, 404, "100022", f"command {command_id} does not exist")
     try:
@@ -189,15 +177,13 @@ async def update_device_command(request: Request, command_id: str) -> Response:
     return json_response(command_view(command))
 
 
-@router.post("/deviceCommandCancelTasks")
+@router.post("/deviceCommandCancelTasks", openapi_extra=openapi_body(DeviceCmdCancelTaskIn))
 @router.post("/deviceCommandCancelTasks/", include_in_schema=False)
 async def create_cancel_task(request: Request) -> Response:
     """`{deviceId}`: cancel the device's PENDING commands; the cancel task with them."""
     caller = await authenticate(request, API, query_value(request, "appId"))
     body = await json_body(request, API, "100022")
-    device_id = body.get("deviceId")
-    if not isinstance(device_id, str) or not 1 <= len(device_id) <= 64:
-        raise fail(API, 400, "100022", "deviceId is required")
+    device_id = read_wire(DeviceCmdCancelTaskIn, body, API, "100022").device_id
     await _own_device(request, caller.acting_app_id, device_id)
     with mapped(API):
         task = await commands_of(request).cancel_device(caller.acting_app_id, device_id)
