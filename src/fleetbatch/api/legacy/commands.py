@@ -7,7 +7,9 @@ list cancel tasks.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
@@ -40,6 +42,7 @@ from fleetbatch.engine.device_commands import CancelTask, DeviceCommand, DeviceC
 router = APIRouter(prefix="/iocm/app/cmd/v1.4.0", route_class=LegacyRoute)
 
 API = Api.COMMANDS
+R = TypeVar("R")
 MAX_PAGE_SIZE = 1000  # spec §3.2 (unconfirmed): 1-1000, default 1000
 
 
@@ -128,36 +131,54 @@ def _time_filter(request: Request, name: str) -> int | None:
         raise fail(API, 400, "100022", f"{name} must look like 20151212T121212Z") from None
 
 
-async def _page_query(request: Request) -> tuple[Caller, int, int, int | None, int | None]:
-    """The caller and the paging and time filters both command listings take."""
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """The caller, paging and time filters both command listings take, and their answer."""
+
+    caller: Caller
+    page_no: int
+    page_size: int
+    created_from_ms: int | None
+    created_to_ms: int | None
+
+    async def answer(
+        self,
+        list_page: Callable[..., Awaitable[tuple[int, list[R]]]],
+        view: Callable[[R], dict[str, Any]],
+        **filters: str | None,
+    ) -> Response:
+        """The page `list_page` reads for the acting app with these filters, each record
+        through `view`: `pagination` (pageNo, pageSize, totalSize) and `data` (spec §3.2)."""
+        with mapped(API):
+            total, records = await list_page(
+                self.caller.acting_app_id,
+                self.page_no,
+                self.page_size,
+                created_from_ms=self.created_from_ms,
+                created_to_ms=self.created_to_ms,
+                **filters,
+            )
+        pagination = {"pageNo": self.page_no, "pageSize": self.page_size, "totalSize": total}
+        return json_response({"pagination": pagination, "data": [view(r) for r in records]})
+
+
+async def _page_query(request: Request) -> PageQuery:
     caller = await authenticate(request, API, query_value(request, "appId"))
     page_no = query_int(request, "pageNo", API, "100022", default=0, low=0, high=10**9)
     page_size = query_int(
         request, "pageSize", API, "100022", default=MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
     )
     start, end = _time_filter(request, "startTime"), _time_filter(request, "endTime")
-    return caller, page_no, page_size, start, end
+    return PageQuery(caller, page_no, page_size, start, end)
 
 
 @router.get("/deviceCommands")
 @router.get("/deviceCommands/", include_in_schema=False)
 async def query_device_commands(request: Request) -> Response:
     """Commands newest first: pageNo ≥ 0, pageSize 1-1000, deviceId, startTime, endTime."""
-    caller, page_no, page_size, start, end = await _page_query(request)
-    with mapped(API):
-        total, commands = await commands_of(request).page(
-            caller.acting_app_id,
-            page_no,
-            page_size,
-            device_id=query_value(request, "deviceId"),
-            created_from_ms=start,
-            created_to_ms=end,
-        )
-    return json_response(
-        {
-            "pagination": {"pageNo": page_no, "pageSize": page_size, "totalSize": total},
-            "data": [command_view(c) for c in commands],
-        }
+    query = await _page_query(request)
+    return await query.answer(
+        commands_of(request).page, command_view, device_id=query_value(request, "deviceId")
     )
 
 
@@ -206,21 +227,11 @@ def cancel_task_view(task: CancelTask) -> dict[str, Any]:
 @router.get("/deviceCommandCancelTasks/", include_in_schema=False)
 async def query_cancel_tasks(request: Request) -> Response:
     """Cancel tasks newest first: pageNo, pageSize 1-1000, taskId, deviceId, status, times."""
-    caller, page_no, page_size, start, end = await _page_query(request)
-    with mapped(API):
-        total, tasks = await commands_of(request).cancel_tasks(
-            caller.acting_app_id,
-            page_no,
-            page_size,
-            task_id=query_value(request, "taskId"),
-            device_id=query_value(request, "deviceId"),
-            status=query_value(request, "status"),
-            created_from_ms=start,
-            created_to_ms=end,
-        )
-    return json_response(
-        {
-            "pagination": {"pageNo": page_no, "pageSize": page_size, "totalSize": total},
-            "data": [cancel_task_view(t) for t in tasks],
-        }
+    query = await _page_query(request)
+    return await query.answer(
+        commands_of(request).cancel_tasks,
+        cancel_task_view,
+        task_id=query_value(request, "taskId"),
+        device_id=query_value(request, "deviceId"),
+        status=query_value(request, "status"),
     )
