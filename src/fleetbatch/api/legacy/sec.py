@@ -49,11 +49,12 @@ async def _fields(request: Request) -> dict[str, Any]:
     return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-# login's documented encoding first; every sec call takes either
-_FORM_OR_JSON = ("application/x-www-form-urlencoded", "application/json")
+# every sec call takes either encoding; login is documented as a form, the others as JSON
+_FORM_FIRST = ("application/x-www-form-urlencoded", "application/json")
+_JSON_FIRST = _FORM_FIRST[::-1]
 
 
-@router.post("/login", openapi_extra=openapi_body(LoginIn, _FORM_OR_JSON))
+@router.post("/login", openapi_extra=openapi_body(LoginIn, _FORM_FIRST))
 async def login(request: Request) -> Response:
     """Form `appId` + `secret` → accessToken (3600 s), refreshToken; 401/100208 otherwise."""
     wire = read_wire(LoginIn, await _fields(request), Api.AUTH, "100022")
@@ -62,7 +63,7 @@ async def login(request: Request) -> Response:
     return json_response(_token_body(issued))
 
 
-@router.post("/refreshToken", openapi_extra=openapi_body(RefreshTokenIn, _FORM_OR_JSON[::-1]))
+@router.post("/refreshToken", openapi_extra=openapi_body(RefreshTokenIn, _JSON_FIRST))
 async def refresh_token(request: Request) -> Response:
     """`{appId, secret, refreshToken}` → new tokens; the refresh token is spent."""
     wire = read_wire(RefreshTokenIn, await _fields(request), Api.AUTH, "100022")
@@ -75,7 +76,7 @@ async def refresh_token(request: Request) -> Response:
     return json_response(_token_body(issued))
 
 
-@router.post("/logout", openapi_extra=openapi_body(LogoutIn, _FORM_OR_JSON[::-1]))
+@router.post("/logout", openapi_extra=openapi_body(LogoutIn, _JSON_FIRST))
 async def logout(request: Request) -> Response:
     """`{accessToken}` ends that token and its refresh token; 204 (no body)."""
     wire = read_wire(LogoutIn, await _fields(request), Api.AUTH, "100022")
