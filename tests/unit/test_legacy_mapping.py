@@ -142,6 +142,8 @@ def test_openapi_describes_every_legacy_request_body_by_its_wire_names() -> None
         param
     )
     assert set(param["command"]["properties"]) == {"serviceId", "method", "paras"}
+    assert set(param["type"]["enum"]) == L.PARAM_TYPES
+    assert create["properties"]["taskType"]["enum"] == ["DeviceCmd"]
     login = body("/iocm/app/sec/v1.1.0/login", "post", "application/x-www-form-urlencoded")
     assert set(login["required"]) == {"appId", "secret"}
     refresh = body("/iocm/app/sec/v1.1.0/refreshToken", "post")

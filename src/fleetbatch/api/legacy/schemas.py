@@ -41,7 +41,8 @@ class CommandDTO(Wire):
 class DeviceCmdParam(Wire):
     """S003 `param` of a DeviceCmd task: which devices, which command, how."""
 
-    type: str
+    # the enums below document the values; the route refuses others itself (50400)
+    type: str = Field(json_schema_extra={"enum": sorted(L.PARAM_TYPES)})
     device_list: list[str] | None = Field(None, alias="deviceList")
     device_type: str | None = Field(None, alias="deviceType", max_length=32)
     manufacturer_id: str | None = Field(None, alias="manufacturerId", max_length=128)
@@ -61,7 +62,9 @@ class BatchTaskCreateIn(Wire):
 
     app_id: str | None = Field(None, alias="appId", max_length=L.MAX_APP_ID)
     task_name: str = Field(alias="taskName", min_length=1, max_length=L.MAX_TASK_NAME)
-    task_type: str = Field(alias="taskType", min_length=1)
+    task_type: str = Field(
+        alias="taskType", min_length=1, json_schema_extra={"enum": [L.DEVICE_CMD]}
+    )
     timeout: int = Field(ge=L.MIN_TIMEOUT_MIN, le=L.MAX_TIMEOUT_MIN, strict=True)
     # read as DeviceCmdParam once taskType is known to be DeviceCmd
     param: dict[str, Any]
