@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from fleetbatch.domain import legacy as L
 from fleetbatch.engine import device_commands as dc
@@ -38,11 +38,14 @@ class CommandDTO(Wire):
     paras: dict[str, Any] | None = None
 
 
+# documented values of fields the route checks itself (anything else: 50400)
+_PARAM_TYPES: list[JsonValue] = [*sorted(L.PARAM_TYPES)]
+
+
 class DeviceCmdParam(Wire):
     """S003 `param` of a DeviceCmd task: which devices, which command, how."""
 
-    # the enums below document the values; the route refuses others itself (50400)
-    type: str = Field(json_schema_extra={"enum": sorted(L.PARAM_TYPES)})
+    type: str = Field(json_schema_extra={"enum": _PARAM_TYPES})
     device_list: list[str] | None = Field(None, alias="deviceList")
     device_type: str | None = Field(None, alias="deviceType", max_length=32)
     manufacturer_id: str | None = Field(None, alias="manufacturerId", max_length=128)
