@@ -32,6 +32,7 @@ from fleetbatch.sdk.legacy import (
     NorthApiException,
     ObjectNode,
     PostDeviceCommandInDTO,
+    QueryDeviceCmdCancelTaskInDTO,
     QueryDeviceCommandInDTO,
     QueryOneTaskOutDTO,
     QueryTaskDetailsInDTO,
@@ -231,11 +232,19 @@ async def sdk_commands_round(
             await call(signal.createDeviceCmdCancelTask, cancel_task, None, token)
         )
         assert canceled["totalCount"] == 0
+        listed_query = QueryDeviceCmdCancelTaskInDTO(deviceId=device_id, pageNo=0, pageSize=5)
+        listed = json.loads(await call(signal.queryDeviceCmdCancelTask, listed_query, token))
+        assert [t["taskId"] for t in listed["data"]] == [canceled["taskId"]]
         # the upgrade server side comes with its own issue: the call reaches it and fails
         query_sub = QueryUpgradeSubTaskInDTO(pageNo=0, pageSize=10)
         with pytest.raises(NorthApiException) as raised:
             await call(DeviceUpgrade(client).queryUpgradeSubTask, query_sub, "0" * 24, token)
         assert raised.value.httpStatus == 404
+        # logout ends the token: the next call is refused as the gateway refuses it
+        await call(Authentication().logoutAuthToken, token)
+        with pytest.raises(NorthApiException) as raised:
+            await call(signal.queryDeviceCommand, QueryDeviceCommandInDTO(), token)
+        assert (raised.value.httpStatus, raised.value.error_code) == (403, "1010005")
     finally:
         set_default_client(None)
 

@@ -75,6 +75,15 @@ async def test_login_refresh_logout_and_every_refused_token(settings: Settings) 
         assert_error(wrong, 401, "100208")
         missing = await client.post(f"{SEC}/login", data={"appId": app.app_id})
         assert_error(missing, 400, "100022")
+        # bodies are read by their wire names only, each field a non-empty string
+        for path, bad in (
+            ("login", {"app_id": app.app_id, "secret": app.secret}),
+            ("refreshToken", {"appId": app.app_id, "secret": app.secret, "refreshToken": ""}),
+            ("refreshToken", {"appId": app.app_id, "secret": app.secret, "refresh_token": "x"}),
+            ("logout", {"accessToken": 7}),
+            ("logout", {"access_token": token}),
+        ):
+            assert_error(await client.post(f"{SEC}/{path}", json=bad), 400, "100022")
 
         other = await fleet.runtime.registry.apps.create("other")
         other_token = await login(client, other.app_id, other.secret)

@@ -174,6 +174,10 @@ async def test_command_calls_refuse_bad_input(settings: Settings) -> None:
         assert_error(put, 404, "100022")
         put = await client.put(f"{commands}/{'0' * 24}", headers=sent, json={"status": "SENT"})
         assert_error(put, 400, "100022")
+        cancel_tasks = f"{CMD}/deviceCommandCancelTasks"
+        for body in ({}, {"deviceId": ""}, {"deviceId": 7}, {"device_id": device_id},
+                     {"deviceId": "d" * 65}):  # fmt: skip
+            assert_error(await client.post(cancel_tasks, headers=sent, json=body), 400, "100022")
         assert_error(await client.get(commands), 403, "1010005")
         listed = await fleet.tasks.list_tasks(app.project_id)
         assert listed.count == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -112,3 +115,47 @@ async def test_an_unexpected_failure_is_500_50252() -> None:
 @pytest.mark.parametrize("code", ["100019", "100022", "105005", "1010009", "100217"])
 def test_query_codes_use_the_s000_texts(code: str) -> None:
     assert fail(Api.QUERY, 400, code).desc != code
+
+
+def test_openapi_describes_every_legacy_request_body_by_its_wire_names() -> None:
+    from fleetbatch.api.legacy import legacy_router
+
+    app = FastAPI()
+    app.include_router(legacy_router())
+    paths = app.openapi()["paths"]
+
+    def body(path: str, method: str, media_type: str = "application/json") -> dict[str, Any]:
+        request = paths[path][method]["requestBody"]
+        assert request["required"] is True
+        schema: dict[str, Any] = request["content"][media_type]["schema"]
+        assert "$ref" not in json.dumps(schema)
+        return schema
+
+    create = body("/iocm/app/batchtask/v1.1.0/tasks", "post")
+    assert set(create["required"]) == {"taskName", "taskType", "timeout", "param"}
+    assert create["properties"]["timeout"]["minimum"] == L.MIN_TIMEOUT_MIN
+    assert create["properties"]["timeout"]["maximum"] == L.MAX_TIMEOUT_MIN
+    tag = create["properties"]["tags"]["anyOf"][0]["items"]["properties"]
+    assert set(tag) == {"tagName", "tagValue"}
+    param = create["properties"]["param"]["properties"]
+    assert {"type", "deviceList", "groupList", "command", "callbackUrl", "maxRetransmit"} <= set(
+        param
+    )
+    assert set(param["command"]["properties"]) == {"serviceId", "method", "paras"}
+    assert set(param["type"]["enum"]) == L.PARAM_TYPES
+    assert create["properties"]["taskType"]["enum"] == ["DeviceCmd"]
+    login = body("/iocm/app/sec/v1.1.0/login", "post", "application/x-www-form-urlencoded")
+    assert set(login["required"]) == {"appId", "secret"}
+    refresh = body("/iocm/app/sec/v1.1.0/refreshToken", "post")
+    assert set(refresh["required"]) == {"appId", "secret", "refreshToken"}
+    assert body("/iocm/app/sec/v1.1.0/logout", "post")["required"] == ["accessToken"]
+    command = body("/iocm/app/cmd/v1.4.0/deviceCommands", "post")
+    assert {"deviceId", "command", "callbackUrl", "expireTime", "maxRetransmit"} == set(
+        command["properties"]
+    )
+    cancel = body("/iocm/app/cmd/v1.4.0/deviceCommands/{command_id}", "put")
+    assert cancel["properties"]["status"]["const"] == "CANCELED"
+    cancel_task = body("/iocm/app/cmd/v1.4.0/deviceCommandCancelTasks", "post")
+    assert cancel_task["properties"]["deviceId"]["maxLength"] == 64
+    # the GETs take no body
+    assert "requestBody" not in paths["/iocm/app/batchtask/v1.1.0/taskDetails"]["get"]

@@ -103,3 +103,22 @@ def task_counts(progress: Progress) -> dict[str, int]:
 def task_from(source: str) -> str:
     """S000 taskFrom: tasks made through an API are Northbound, the others Portal."""
     return "Northbound" if source in ("legacy", "v5") else "Portal"
+
+
+# The per-app call limit (S000/S001/S003 1010009: "100 calls per minute by default") as a
+# sliding window over one-second slots: a call is admitted when the app's calls counted in
+# the slots from 60 s before the current slot's start up to now are fewer than the limit.
+# The counted range always reaches back at least 60 s, so no 60-second span ever holds more
+# admitted calls than the limit; an admitted call is counted for 60 to 61 s.
+CALL_SLOT_MS = 1_000
+CALL_WINDOW_MS = 60_000
+
+
+def call_slot(now_ms: int) -> int:
+    """Start (epoch ms) of the one-second slot a call made at `now_ms` is counted in."""
+    return now_ms - now_ms % CALL_SLOT_MS
+
+
+def first_counted_slot(now_ms: int) -> int:
+    """Start of the oldest slot whose calls still count against the limit at `now_ms`."""
+    return call_slot(now_ms) - CALL_WINDOW_MS

@@ -3,7 +3,9 @@
 Tokens are random and only their hashes are stored, so they work across processes and a
 database dump yields none. Several live tokens per app are allowed, each with its own
 expiry (spec: oceanconnect-legacy §1.1, design choice). Throttling counts every admitted
-call in the store, per app and minute, so all API processes share one budget.
+call in the store, per app and one-second slot, and admits a call only while fewer than
+the app's limit count in the last 60 s (a sliding window), so all API processes share one
+budget and no 60-second span holds more than the limit.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from fleetbatch.vault import hash_token, verify_secret
 
 ACCESS_TTL_S = 3600
 REFRESH_TTL_S = 24 * 3600
-WINDOW_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,8 @@ class TokenService(Service):
     async def admit(self, app_key: str, access_token: str) -> App:
         """The calling app when the token is live and its own; the call is counted.
 
-        Raises TokenExpired for a bad token, LimitExceeded past the app's calls per minute.
+        Raises TokenExpired for a bad token, LimitExceeded when the app's last 60 s already
+        hold `throttle_per_min` admitted calls (this one is then not counted).
         """
         now = self.clock.now_ms()
         async with self.store.write() as conn:
@@ -79,9 +81,11 @@ class TokenService(Service):
             if found is None or found[0] != app_key:
                 raise TokenExpired("app_key or access token is invalid")
             app = await require_app(conn, app_key)
-            calls = await token_rows.count_call(conn, app_key, now - now % WINDOW_MS)
-        if calls > app.throttle_per_min:
-            raise LimitExceeded(f"app {app_key} called more than {app.throttle_per_min} per minute")
+            admitted = await token_rows.admit_call(conn, app_key, now, app.throttle_per_min)
+        if not admitted:
+            raise LimitExceeded(
+                f"app {app_key} made {app.throttle_per_min} calls in the last 60 s, its limit"
+            )
         return app
 
     async def _check_secret(self, conn: AsyncConnection, app_id: str, secret: str) -> None:

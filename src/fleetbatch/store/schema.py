@@ -316,8 +316,9 @@ legacy_tokens = Table(
     Index(None, "pair_hash"),
 )
 
-# Calls per app and minute (fixed windows), counted in the store so every API process
-# shares one budget.
+# Admitted calls per app and one-second slot (`window_start`: the slot's start), summed over
+# the last 60 s for the sliding-window call limit; in the store so every API process shares
+# one budget.
 api_calls = Table(
     "api_calls",
     metadata,

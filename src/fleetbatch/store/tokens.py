@@ -1,17 +1,20 @@
-"""Legacy northbound tokens (by hash) and the per-app call counters that throttle them."""
+"""Legacy northbound tokens (by hash) and the per-app call counts (one-second slots) that
+throttle them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetbatch.domain import legacy as L
 from fleetbatch.store.schema import api_calls, legacy_tokens
 
 t = legacy_tokens.c
+c = api_calls.c
 ACCESS = "access"
 REFRESH = "refresh"
 
@@ -78,23 +81,37 @@ async def delete_expired(conn: AsyncConnection, now_ms: int, limit: int = 1000) 
     await conn.execute(delete(legacy_tokens).where(t.token_hash.in_(expired)))
 
 
-async def count_call(conn: AsyncConnection, app_id: str, window_start: int) -> int:
-    """Count one call of the app in the window; the calls counted in it so far, this one too.
+# advisory-lock key space of the call limit (two int4 keys: apart from the migration lock's
+# single bigint key); the second key is the app id's hash
+CALL_LIMIT_LOCK_SPACE = 7224414
 
-    One upsert, so concurrent processes never lose a count; the first call of a new window
-    drops the app's older windows.
+
+async def admit_call(conn: AsyncConnection, app_id: str, now_ms: int, limit: int) -> bool:
+    """Count one call of the app unless `limit` calls already count in its sliding window.
+
+    Whether the call was admitted; a refused call is not counted, so a client that keeps
+    calling is let in again as its older calls leave the window (`domain.legacy`). Counting
+    reads then writes, so one app's admissions are serialised: on PostgreSQL by an advisory
+    lock held to the end of the transaction, on SQLite by the write scope's writer lock.
     """
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement: Any = insert(api_calls).values(app_id=app_id, window_start=window_start, calls=1)
-    statement = statement.on_conflict_do_update(
-        index_elements=[api_calls.c.app_id, api_calls.c.window_start],
-        set_={"calls": api_calls.c.calls + 1},
-    ).returning(api_calls.c.calls)
-    calls = int((await conn.execute(statement)).scalar_one())
-    if calls == 1:
+    if conn.dialect.name == "postgresql":
         await conn.execute(
-            delete(api_calls).where(
-                api_calls.c.app_id == app_id, api_calls.c.window_start < window_start
-            )
+            select(func.pg_advisory_xact_lock(CALL_LIMIT_LOCK_SPACE, func.hashtext(app_id)))
         )
-    return calls
+    oldest = L.first_counted_slot(now_ms)
+    counted = select(func.coalesce(func.sum(c.calls), 0)).where(
+        c.app_id == app_id, c.window_start >= oldest
+    )
+    if int((await conn.execute(counted)).scalar_one()) >= limit:
+        return False
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement: Any = insert(api_calls).values(
+        app_id=app_id, window_start=L.call_slot(now_ms), calls=1
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[c.app_id, c.window_start], set_={"calls": c.calls + 1}
+    ).returning(c.calls)
+    if int((await conn.execute(statement)).scalar_one()) == 1:
+        # a new slot: the app's slots that no longer count go (at most once a second)
+        await conn.execute(delete(api_calls).where(c.app_id == app_id, c.window_start < oldest))
+    return True

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
 
 from fleetbatch.api.legacy.common import (
     LegacyRoute,
@@ -23,10 +22,11 @@ from fleetbatch.api.legacy.common import (
     mapped,
     query_int,
     query_value,
+    read_wire,
     runtime_of,
 )
 from fleetbatch.api.legacy.errors import Api, fail
-from fleetbatch.api.legacy.schemas import BatchTaskCreateIn, DeviceCmdParam, first_problem
+from fleetbatch.api.legacy.schemas import BatchTaskCreateIn, DeviceCmdParam, openapi_body
 from fleetbatch.domain import legacy as L
 from fleetbatch.domain.errors import NotFound
 from fleetbatch.domain.ids import format_record_id, is_hex24
@@ -103,25 +103,21 @@ def _check_callback(url: str | None) -> None:
         raise _bad("param.callbackUrl must be an http:// or https:// URL")
 
 
-@router.post("/tasks")
+@router.post(
+    "/tasks", openapi_extra=openapi_body(BatchTaskCreateIn, nested={"param": DeviceCmdParam})
+)
 @router.post("/tasks/", include_in_schema=False)
 async def create_batch_task(request: Request) -> Response:
     """S003: `{"taskID": ...}`; errors as the seed lists them (some with HTTP 200)."""
     caller = await authenticate(request, Api.CREATE)
     body = await json_body(request, Api.CREATE, "50400")
     caller = await act_for(request, Api.CREATE, caller, body.get("appId"))
-    try:
-        wire = BatchTaskCreateIn.model_validate(body)
-    except ValidationError as error:
-        raise _bad(first_problem(error)) from None
+    wire = read_wire(BatchTaskCreateIn, body, Api.CREATE, "50400")
     if wire.task_type not in L.DOCUMENTED_TASK_TYPES:
         raise _bad(f"taskType must be one of {', '.join(sorted(L.DOCUMENTED_TASK_TYPES))}")
     if wire.task_type != L.DEVICE_CMD:
         raise _bad(f"taskType {wire.task_type} cannot be created here; only DeviceCmd can")
-    try:
-        param = DeviceCmdParam.model_validate(wire.param)
-    except ValidationError as error:
-        raise _bad("param." + first_problem(error)) from None
+    param = read_wire(DeviceCmdParam, wire.param, Api.CREATE, "50400", where="param.")
     _check_callback(param.callback_url)
     selector, device_ids = _targets(param)
     tags: dict[str, str] = {}

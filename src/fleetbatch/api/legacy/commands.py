@@ -7,10 +7,11 @@ list cancel tasks.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field, ValidationError
 
 from fleetbatch.api.legacy.common import (
     Caller,
@@ -21,10 +22,16 @@ from fleetbatch.api.legacy.common import (
     mapped,
     query_int,
     query_value,
+    read_wire,
     runtime_of,
 )
 from fleetbatch.api.legacy.errors import Api, fail, translate
-from fleetbatch.api.legacy.schemas import CommandDTO, Wire, first_problem
+from fleetbatch.api.legacy.schemas import (
+    DeviceCmdCancelTaskIn,
+    PostDeviceCommandIn,
+    UpdateDeviceCommandIn,
+    openapi_body,
+)
 from fleetbatch.domain.errors import FleetbatchError, NotFound
 from fleetbatch.domain.ids import is_hex24
 from fleetbatch.domain.outbox import result_detail
@@ -35,19 +42,8 @@ from fleetbatch.engine.device_commands import CancelTask, DeviceCommand, DeviceC
 router = APIRouter(prefix="/iocm/app/cmd/v1.4.0", route_class=LegacyRoute)
 
 API = Api.COMMANDS
+R = TypeVar("R")
 MAX_PAGE_SIZE = 1000  # spec §3.2 (unconfirmed): 1-1000, default 1000
-
-
-class PostDeviceCommandIn(Wire):
-    """PostDeviceCommandInDTO."""
-
-    device_id: str = Field(alias="deviceId", min_length=1, max_length=64)
-    command: CommandDTO
-    callback_url: str | None = Field(None, alias="callbackUrl", max_length=1024)
-    expire_time: int | None = Field(None, alias="expireTime", ge=0, le=dc.MAX_EXPIRE_S, strict=True)
-    max_retransmit: int | None = Field(
-        None, alias="maxRetransmit", ge=0, le=dc.MAX_RETRANSMIT, strict=True
-    )
 
 
 def commands_of(request: Request) -> DeviceCommands:
@@ -99,16 +95,13 @@ async def _own_device(request: Request, app_id: str, device_id: str) -> None:
         raise fail(API, 404, "100403", f"device {device_id}")
 
 
-@router.post("/deviceCommands")
+@router.post("/deviceCommands", openapi_extra=openapi_body(PostDeviceCommandIn))
 @router.post("/deviceCommands/", include_in_schema=False)
 async def post_device_command(request: Request) -> Response:
     """Create a command: 201 and its record; held PENDING while the device is offline."""
     caller = await authenticate(request, API, query_value(request, "appId"))
     body = await json_body(request, API, "100022")
-    try:
-        wire = PostDeviceCommandIn.model_validate(body)
-    except ValidationError as error:
-        raise fail(API, 400, "100022", first_problem(error)) from None
+    wire = read_wire(PostDeviceCommandIn, body, API, "100022")
     if wire.callback_url is not None and not wire.callback_url.startswith(("http://", "https://")):
         raise fail(API, 400, "100022", "callbackUrl must be an http:// or https:// URL")
     await _own_device(request, caller.acting_app_id, wire.device_id)
@@ -138,46 +131,62 @@ def _time_filter(request: Request, name: str) -> int | None:
         raise fail(API, 400, "100022", f"{name} must look like 20151212T121212Z") from None
 
 
-async def _page_query(request: Request) -> tuple[Caller, int, int, int | None, int | None]:
-    """The caller and the paging and time filters both command listings take."""
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """The caller, paging and time filters both command listings take, and their answer."""
+
+    caller: Caller
+    page_no: int
+    page_size: int
+    created_from_ms: int | None
+    created_to_ms: int | None
+
+    async def answer(
+        self,
+        list_page: Callable[..., Awaitable[tuple[int, list[R]]]],
+        view: Callable[[R], dict[str, Any]],
+        **filters: str | None,
+    ) -> Response:
+        """The page `list_page` reads for the acting app with these filters, each record
+        through `view`: `pagination` (pageNo, pageSize, totalSize) and `data` (spec §3.2)."""
+        with mapped(API):
+            total, records = await list_page(
+                self.caller.acting_app_id,
+                self.page_no,
+                self.page_size,
+                created_from_ms=self.created_from_ms,
+                created_to_ms=self.created_to_ms,
+                **filters,
+            )
+        pagination = {"pageNo": self.page_no, "pageSize": self.page_size, "totalSize": total}
+        return json_response({"pagination": pagination, "data": [view(r) for r in records]})
+
+
+async def _page_query(request: Request) -> PageQuery:
     caller = await authenticate(request, API, query_value(request, "appId"))
     page_no = query_int(request, "pageNo", API, "100022", default=0, low=0, high=10**9)
     page_size = query_int(
         request, "pageSize", API, "100022", default=MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
     )
     start, end = _time_filter(request, "startTime"), _time_filter(request, "endTime")
-    return caller, page_no, page_size, start, end
+    return PageQuery(caller, page_no, page_size, start, end)
 
 
 @router.get("/deviceCommands")
 @router.get("/deviceCommands/", include_in_schema=False)
 async def query_device_commands(request: Request) -> Response:
     """Commands newest first: pageNo ≥ 0, pageSize 1-1000, deviceId, startTime, endTime."""
-    caller, page_no, page_size, start, end = await _page_query(request)
-    with mapped(API):
-        total, commands = await commands_of(request).page(
-            caller.acting_app_id,
-            page_no,
-            page_size,
-            device_id=query_value(request, "deviceId"),
-            created_from_ms=start,
-            created_to_ms=end,
-        )
-    return json_response(
-        {
-            "pagination": {"pageNo": page_no, "pageSize": page_size, "totalSize": total},
-            "data": [command_view(c) for c in commands],
-        }
+    query = await _page_query(request)
+    return await query.answer(
+        commands_of(request).page, command_view, device_id=query_value(request, "deviceId")
     )
 
 
-@router.put("/deviceCommands/{command_id}")
+@router.put("/deviceCommands/{command_id}", openapi_extra=openapi_body(UpdateDeviceCommandIn))
 async def update_device_command(request: Request, command_id: str) -> Response:
     """`{"status": "CANCELED"}` cancels a PENDING command: 200 and its record."""
     caller = await authenticate(request, API, query_value(request, "appId"))
-    body = await json_body(request, API, "100022")
-    if body.get("status") != dc.CANCELED:
-        raise fail(API, 400, "100022", "status can only be CANCELED")
+    read_wire(UpdateDeviceCommandIn, await json_body(request, API, "100022"), API, "100022")
     if not is_hex24(command_id):
         raise fail(API, 404, "100022", f"command {command_id} does not exist")
     try:
@@ -189,15 +198,13 @@ async def update_device_command(request: Request, command_id: str) -> Response:
     return json_response(command_view(command))
 
 
-@router.post("/deviceCommandCancelTasks")
+@router.post("/deviceCommandCancelTasks", openapi_extra=openapi_body(DeviceCmdCancelTaskIn))
 @router.post("/deviceCommandCancelTasks/", include_in_schema=False)
 async def create_cancel_task(request: Request) -> Response:
     """`{deviceId}`: cancel the device's PENDING commands; the cancel task with them."""
     caller = await authenticate(request, API, query_value(request, "appId"))
     body = await json_body(request, API, "100022")
-    device_id = body.get("deviceId")
-    if not isinstance(device_id, str) or not 1 <= len(device_id) <= 64:
-        raise fail(API, 400, "100022", "deviceId is required")
+    device_id = read_wire(DeviceCmdCancelTaskIn, body, API, "100022").device_id
     await _own_device(request, caller.acting_app_id, device_id)
     with mapped(API):
         task = await commands_of(request).cancel_device(caller.acting_app_id, device_id)
@@ -220,21 +227,11 @@ def cancel_task_view(task: CancelTask) -> dict[str, Any]:
 @router.get("/deviceCommandCancelTasks/", include_in_schema=False)
 async def query_cancel_tasks(request: Request) -> Response:
     """Cancel tasks newest first: pageNo, pageSize 1-1000, taskId, deviceId, status, times."""
-    caller, page_no, page_size, start, end = await _page_query(request)
-    with mapped(API):
-        total, tasks = await commands_of(request).cancel_tasks(
-            caller.acting_app_id,
-            page_no,
-            page_size,
-            task_id=query_value(request, "taskId"),
-            device_id=query_value(request, "deviceId"),
-            status=query_value(request, "status"),
-            created_from_ms=start,
-            created_to_ms=end,
-        )
-    return json_response(
-        {
-            "pagination": {"pageNo": page_no, "pageSize": page_size, "totalSize": total},
-            "data": [cancel_task_view(t) for t in tasks],
-        }
+    query = await _page_query(request)
+    return await query.answer(
+        commands_of(request).cancel_tasks,
+        cancel_task_view,
+        task_id=query_value(request, "taskId"),
+        device_id=query_value(request, "deviceId"),
+        status=query_value(request, "status"),
     )

@@ -13,11 +13,12 @@ import logging
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 
 from fleetbatch.api.legacy.errors import (
     APP_NOT_FOUND,
@@ -30,6 +31,7 @@ from fleetbatch.api.legacy.errors import (
     fail,
     translate,
 )
+from fleetbatch.api.legacy.schemas import first_problem
 from fleetbatch.domain.errors import AuthFailed, FleetbatchError, LimitExceeded, NotFound
 from fleetbatch.domain.legacy import MAX_APP_ID
 from fleetbatch.domain.registry import App
@@ -172,6 +174,20 @@ async def json_body(request: Request, api: Api, code: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise fail(api, 400, code, "the body must be a JSON object")
     return body
+
+
+W = TypeVar("W", bound=BaseModel)
+
+
+def read_wire(model: type[W], data: Any, api: Api, code: str, *, where: str = "") -> W:
+    """`data` read as the wire model; `code` (HTTP 400) naming the first problem otherwise.
+
+    `where` prefixes the problem's field path (a part of the body read on its own).
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise fail(api, 400, code, where + first_problem(error)) from None
 
 
 def json_response(body: Any, status: int = 200) -> Response:

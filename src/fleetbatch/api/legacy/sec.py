@@ -8,8 +8,15 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from fleetbatch.api.legacy.common import LegacyRoute, json_response, mapped, tokens_of
+from fleetbatch.api.legacy.common import (
+    LegacyRoute,
+    json_response,
+    mapped,
+    read_wire,
+    tokens_of,
+)
 from fleetbatch.api.legacy.errors import Api, fail, translate
+from fleetbatch.api.legacy.schemas import LoginIn, LogoutIn, RefreshTokenIn, openapi_body
 from fleetbatch.domain.errors import FleetbatchError
 from fleetbatch.registry.tokens import IssuedTokens, TokenExpired
 
@@ -42,31 +49,26 @@ async def _fields(request: Request) -> dict[str, Any]:
     return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def _text(fields: dict[str, Any], name: str) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str) or not value:
-        raise fail(Api.AUTH, 400, "100022", f"{name} is required")
-    return value
+# every sec call takes either encoding; login is documented as a form, the others as JSON
+_FORM_FIRST = ("application/x-www-form-urlencoded", "application/json")
+_JSON_FIRST = _FORM_FIRST[::-1]
 
 
-@router.post("/login")
+@router.post("/login", openapi_extra=openapi_body(LoginIn, _FORM_FIRST))
 async def login(request: Request) -> Response:
     """Form `appId` + `secret` → accessToken (3600 s), refreshToken; 401/100208 otherwise."""
-    fields = await _fields(request)
-    app_id, secret = _text(fields, "appId"), _text(fields, "secret")
+    wire = read_wire(LoginIn, await _fields(request), Api.AUTH, "100022")
     with mapped(Api.AUTH):
-        issued = await tokens_of(request).login(app_id, secret)
+        issued = await tokens_of(request).login(wire.app_id, wire.secret)
     return json_response(_token_body(issued))
 
 
-@router.post("/refreshToken")
+@router.post("/refreshToken", openapi_extra=openapi_body(RefreshTokenIn, _JSON_FIRST))
 async def refresh_token(request: Request) -> Response:
     """`{appId, secret, refreshToken}` → new tokens; the refresh token is spent."""
-    fields = await _fields(request)
-    app_id, secret = _text(fields, "appId"), _text(fields, "secret")
-    refresh = _text(fields, "refreshToken")
+    wire = read_wire(RefreshTokenIn, await _fields(request), Api.AUTH, "100022")
     try:
-        issued = await tokens_of(request).refresh(app_id, secret, refresh)
+        issued = await tokens_of(request).refresh(wire.app_id, wire.secret, wire.refresh_token)
     except TokenExpired:
         raise fail(Api.AUTH, 401, "100006", "the refresh token is invalid or expired") from None
     except FleetbatchError as error:
@@ -74,9 +76,9 @@ async def refresh_token(request: Request) -> Response:
     return json_response(_token_body(issued))
 
 
-@router.post("/logout")
+@router.post("/logout", openapi_extra=openapi_body(LogoutIn, _JSON_FIRST))
 async def logout(request: Request) -> Response:
     """`{accessToken}` ends that token and its refresh token; 204 (no body)."""
-    fields = await _fields(request)
-    await tokens_of(request).logout(_text(fields, "accessToken"))
+    wire = read_wire(LogoutIn, await _fields(request), Api.AUTH, "100022")
+    await tokens_of(request).logout(wire.access_token)
     return Response(status_code=204)

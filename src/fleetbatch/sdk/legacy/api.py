@@ -54,6 +54,24 @@ class _Api:
             raise RuntimeError("no NorthApiClient: pass one, or call getAuthToken(clientInfo)")
         return client
 
+    def _call(
+        self,
+        method: str,
+        path: str,
+        accessToken: str,
+        *,
+        query: DTO | dict[str, Any] | None = None,
+        body: DTO | dict[str, Any] | None = None,
+    ) -> str:
+        """One call with the token: a DTO (or dict) as the query or the JSON body."""
+        return self.client.invoke(
+            method,
+            path,
+            access_token=accessToken,
+            query=_as_dict(query),
+            body=None if body is None else _as_dict(body),
+        )
+
 
 class Authentication(_Api):
     """Login and token refresh."""
@@ -91,9 +109,7 @@ class BatchProcess(_Api):
         accessToken: str,
     ) -> str:
         """Create a DeviceCmd task; the text `{"taskID": ...}`."""
-        return self.client.invoke(
-            "POST", f"{BATCH}/tasks", access_token=accessToken, body=_as_dict(btcInDTO)
-        )
+        return self._call("POST", f"{BATCH}/tasks", accessToken, body=btcInDTO)
 
     def queryOneTask(
         self,
@@ -103,12 +119,8 @@ class BatchProcess(_Api):
         accessToken: str,
     ) -> str:
         """One task's status and counters (`select="tag"` adds its tags)."""
-        return self.client.invoke(
-            "GET",
-            f"{BATCH}/tasks/{taskId}",
-            access_token=accessToken,
-            query={"select": select, "appId": appId},
-        )
+        query = {"select": select, "appId": appId}
+        return self._call("GET", f"{BATCH}/tasks/{taskId}", accessToken, query=query)
 
     def queryTaskDetails(
         self,
@@ -116,9 +128,7 @@ class BatchProcess(_Api):
         accessToken: str,
     ) -> str:
         """One page of a task's subtasks."""
-        return self.client.invoke(
-            "GET", f"{BATCH}/taskDetails", access_token=accessToken, query=_as_dict(qtdInDTO)
-        )
+        return self._call("GET", f"{BATCH}/taskDetails", accessToken, query=qtdInDTO)
 
 
 class SignalDelivery(_Api):
@@ -131,13 +141,8 @@ class SignalDelivery(_Api):
         accessToken: str,
     ) -> str:
         """Send (or hold) a command for one device; the command record text."""
-        return self.client.invoke(
-            "POST",
-            f"{CMD}/deviceCommands",
-            access_token=accessToken,
-            query={"appId": appId},
-            body=_as_dict(pdcInDTO),
-        )
+        query = {"appId": appId}
+        return self._call("POST", f"{CMD}/deviceCommands", accessToken, query=query, body=pdcInDTO)
 
     def queryDeviceCommand(
         self,
@@ -145,9 +150,7 @@ class SignalDelivery(_Api):
         accessToken: str,
     ) -> str:
         """One page of commands."""
-        return self.client.invoke(
-            "GET", f"{CMD}/deviceCommands", access_token=accessToken, query=_as_dict(qdcInDTO)
-        )
+        return self._call("GET", f"{CMD}/deviceCommands", accessToken, query=qdcInDTO)
 
     def updateDeviceCommand(
         self,
@@ -157,13 +160,8 @@ class SignalDelivery(_Api):
         accessToken: str,
     ) -> str:
         """Cancel one command (status CANCELED)."""
-        return self.client.invoke(
-            "PUT",
-            f"{CMD}/deviceCommands/{deviceCommandId}",
-            access_token=accessToken,
-            query={"appId": appId},
-            body=_as_dict(udcInDTO),
-        )
+        path = f"{CMD}/deviceCommands/{deviceCommandId}"
+        return self._call("PUT", path, accessToken, query={"appId": appId}, body=udcInDTO)
 
     def createDeviceCmdCancelTask(
         self,
@@ -172,13 +170,8 @@ class SignalDelivery(_Api):
         accessToken: str,
     ) -> str:
         """Cancel every pending command of a device."""
-        return self.client.invoke(
-            "POST",
-            f"{CMD}/deviceCommandCancelTasks",
-            access_token=accessToken,
-            query={"appId": appId},
-            body=_as_dict(cdcctInDTO),
-        )
+        path = f"{CMD}/deviceCommandCancelTasks"
+        return self._call("POST", path, accessToken, query={"appId": appId}, body=cdcctInDTO)
 
     def queryDeviceCmdCancelTask(
         self,
@@ -186,12 +179,7 @@ class SignalDelivery(_Api):
         accessToken: str,
     ) -> str:
         """One page of cancel tasks."""
-        return self.client.invoke(
-            "GET",
-            f"{CMD}/deviceCommandCancelTasks",
-            access_token=accessToken,
-            query=_as_dict(qdcctInDTO),
-        )
+        return self._call("GET", f"{CMD}/deviceCommandCancelTasks", accessToken, query=qdcctInDTO)
 
 
 class DeviceUpgrade(_Api):
@@ -204,9 +192,5 @@ class DeviceUpgrade(_Api):
         accessToken: str,
     ) -> str:
         """One page of an upgrade task's sub-operations (S004)."""
-        return self.client.invoke(
-            "GET",
-            f"{IODM}/operations/{operationId}/subOperations",
-            access_token=accessToken,
-            query=_as_dict(qustInDTO),
-        )
+        path = f"{IODM}/operations/{operationId}/subOperations"
+        return self._call("GET", path, accessToken, query=qustInDTO)
