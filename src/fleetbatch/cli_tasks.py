@@ -798,14 +798,7 @@ def list_tasks(
             )
         )
         return
-    # whole ids and words, no borders: an id cut short cannot be pasted into the next command
-    table = Table(
-        title=f"{found.count:,} tasks",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _listing(f"{found.count:,} tasks")
     for name in ("task_id", "type", "status", "success/total", "created (UTC)"):
         table.add_column(name, no_wrap=True)
     for task in found.items:
@@ -815,7 +808,20 @@ def list_tasks(
             f"{row['success']:,}/{row['total']:,}", _short_time(task.created_at),
         )  # fmt: skip
     Console().print(table)
-    if found.marker is not None and len(found.items) == limit:
+    if len(found.items) == limit:
+        _hint_next_page(found)
+
+
+def _listing(title: str) -> Table:
+    """A table of whole ids and words with no borders: an id cut short cannot be pasted."""
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+
+
+def _hint_next_page(found: Page[Any]) -> None:
+    """Tell how to ask for the page after a full one."""
+    if found.marker is not None:
         err_console.print(f"next page: --marker {found.marker}", highlight=False)
 
 
@@ -917,13 +923,7 @@ def details(
         )
         return
     # the record ids (markers) and times are in --json; the device id is what a reader wants
-    table = Table(
-        title=f"task {task.task_id}: {found.count:,} subtasks",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _listing(f"task {task.task_id}: {found.count:,} subtasks")
     table.add_column("device", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("try", no_wrap=True)
@@ -936,8 +936,8 @@ def details(
             error or "",
         )  # fmt: skip
     Console().print(table)
-    if not numbered and found.marker is not None and len(found.items) == page.limit:
-        err_console.print(f"next page: --marker {found.marker}", highlight=False)
+    if not numbered and len(found.items) == page.limit:
+        _hint_next_page(found)
 
 
 @task_command("watch")
