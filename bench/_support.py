@@ -35,6 +35,7 @@ __all__ = [
     "ChildRun",
     "PostgresServer",
     "RoundTripLoop",
+    "add_child_args",
     "add_database_arg",
     "add_json_arg",
     "add_load_args",
@@ -103,6 +104,13 @@ def add_load_args(parser: argparse.ArgumentParser, *, window_s: float) -> None:
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument("--window-s", type=float, default=window_s)
     parser.add_argument("--warmup-s", type=float, default=2.0)
+
+
+def add_child_args(parser: argparse.ArgumentParser, role: str, *options: str) -> None:
+    """Hidden options with which a bench starts itself as its child: `role` and valued ones."""
+    parser.add_argument(role, action="store_true", help=argparse.SUPPRESS)
+    for option in options:
+        parser.add_argument(option, help=argparse.SUPPRESS)
 
 
 def setting_flags(settings: Sequence[tuple[str, str]]) -> list[str]:

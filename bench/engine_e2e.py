@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import (
     PostgresServer,
     RoundTripLoop,
+    add_child_args,
     add_database_arg,
     add_json_arg,
     add_load_args,
@@ -348,10 +349,7 @@ def main() -> None:
     add_load_args(parser, window_s=5.0)
     add_settings_arg(parser, "engine_flush_ms=10")
     add_json_arg(parser)
-    parser.add_argument("--platform", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    add_child_args(parser, "--platform", "--fleet", "--data-dir", "--database-url")
     args = parser.parse_args()
     if args.platform:
         import uvloop

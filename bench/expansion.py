@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import (
+    add_child_args,
     add_database_arg,
     add_json_arg,
     add_settings_arg,
@@ -334,10 +335,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     add_settings_arg(parser, "engine_expand_chunk=50000")
     add_json_arg(parser)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
-    parser.add_argument("--app", help=argparse.SUPPRESS)
+    add_child_args(parser, "--child", "--data-dir", "--database-url", "--app")
     args = parser.parse_args()
     import uvloop
 

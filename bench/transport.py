@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import (
     RoundTripLoop,
+    add_child_args,
     add_load_args,
     bench_parser,
     children_of,
@@ -226,11 +227,7 @@ def main() -> None:
     parser.add_argument("--devices", default="1000,5000")
     add_load_args(parser, window_s=10.0)
     parser.add_argument("--sim-processes", type=int, default=1)
-    parser.add_argument("--platform", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--broker", help=argparse.SUPPRESS)
+    add_child_args(parser, "--platform", "--mode", "--fleet", "--data-dir", "--broker")
     args = parser.parse_args()
     if args.platform:
         import uvloop
