@@ -13,9 +13,9 @@ servers (`scripts/test.sh`), so a skip would only hide a broken install.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -37,13 +37,12 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL server for the whole session."""
+def _throwaway(start: Callable[[], Any], unavailable: type[Exception], name: str) -> Iterator[Any]:
+    """Start a server for the session; fail (never skip) the tests needing it when it cannot."""
     try:
-        server = PostgresServer.start()
-    except PostgresUnavailable as exc:
-        pytest.fail(f"PostgreSQL is needed by this test: {exc}", pytrace=False)
+        server = start()
+    except unavailable as exc:
+        pytest.fail(f"{name} is needed by this test: {exc}", pytrace=False)
     try:
         yield server
     finally:
@@ -51,16 +50,15 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session."""
+    yield from _throwaway(PostgresServer.start, PostgresUnavailable, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
 def mosquitto_broker() -> Iterator[MosquittoBroker]:
     """One throwaway MQTT broker for the whole session: `.host`, `.port`, `.url`."""
-    try:
-        broker = MosquittoBroker.start()
-    except MosquittoUnavailable as exc:
-        pytest.fail(f"Mosquitto is needed by this test: {exc}", pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _throwaway(MosquittoBroker.start, MosquittoUnavailable, "Mosquitto")
 
 
 @pytest.fixture(params=DATABASE_KINDS, ids=DATABASE_KINDS)

@@ -15,9 +15,10 @@ from fleetbatch.devices import codec, topics
 from fleetbatch.devices.channel import Delivery, DeviceOffline, NoResponse
 from fleetbatch.devices.topics import CommandResponse, PropertiesReport, Uplink
 from fleetbatch.devices.transport import BuiltinTransport
-from fleetbatch.domain.registry import CreatedDevice, DeviceStatus, NewDevice
+from fleetbatch.domain.registry import CreatedDevice, DeviceStatus
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
+from support.engine import register_devices, server_settings
 from support.mqtt_device import RawDevice, credentials
 from support.waiting import wait_until
 
@@ -64,24 +65,10 @@ class Platform:
 
 @pytest.fixture
 async def platform(settings: Settings) -> AsyncIterator[Platform]:
-    settings = settings.model_copy(
-        update={
-            "http_port": 0,
-            "https_port": 0,
-            "mqtt_port": 0,
-            "mqtts_port": 0,
-            "presence_flush_s": 0.05,
-            "mqtt_max_packet_bytes": 4096,
-        }
-    )
-    async with Server(settings) as server:
+    async with Server(server_settings(settings, mqtt_max_packet_bytes=4096)) as server:
         assert server.runtime is not None
-        registry = server.runtime.registry
-        app = await registry.apps.create("transport-test")
-        product = await registry.products.default(app.app_id)
-        created = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"dev-{i}") for i in range(4)]
-        )
+        node_ids = (f"dev-{i}" for i in range(4))
+        _, created = await register_devices(server.runtime.registry, "transport-test", node_ids)
         transport = server.channel
         assert isinstance(transport, BuiltinTransport)
         uplinks: list[Uplink] = []
@@ -424,58 +411,30 @@ async def test_mosquitto_clients_interoperate(platform: Platform) -> None:
             await sub.wait()
     # mosquitto_pub as the device: a property report reaches the platform's handlers
     client_id, username, password = credentials(created.device_id, created.secret, sign_type="0")
-    await asyncio.to_thread(
-        subprocess.run,
-        [
-            "mosquitto_pub",
-            "-h",
-            platform.host,
-            "-p",
-            port,
-            "-i",
-            client_id,
-            "-u",
-            username,
-            "-P",
-            password,
-            "-q",
-            "1",
-            "-t",
-            f"$oc/devices/{created.device_id}/sys/properties/report",
-            "-m",
-            '{"services":[{"service_id":"s","properties":{"v":1}}]}',
-        ],
-        check=True,
-        timeout=10,
+
+    def publish(password: str, topic: str, message: str, *flags: str) -> int:
+        done = subprocess.run(
+            [
+                *["mosquitto_pub", "-h", platform.host, "-p", port, "-i", client_id],
+                *["-u", username, "-P", password, *flags, "-t", topic, "-m", message],
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+        return done.returncode
+
+    report = '{"services":[{"service_id":"s","properties":{"v":1}}]}'
+    device_topic = f"$oc/devices/{created.device_id}/sys/"
+    published = await asyncio.to_thread(
+        publish, password, device_topic + "properties/report", report, "-q", "1"
     )
+    assert published == 0
     await wait_until(
         lambda: any(isinstance(u, PropertiesReport) for u in platform.uplinks), timeout_s=5
     )
     # and a wrong password is refused (exit code non-zero)
-    refused = await asyncio.to_thread(
-        subprocess.run,
-        [
-            "mosquitto_pub",
-            "-h",
-            platform.host,
-            "-p",
-            port,
-            "-i",
-            client_id,
-            "-u",
-            username,
-            "-P",
-            "0" * 64,
-            "-t",
-            f"$oc/devices/{created.device_id}/sys/messages/up",
-            "-m",
-            "x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    assert refused.returncode != 0
+    refused = await asyncio.to_thread(publish, "0" * 64, device_topic + "messages/up", "x")
+    assert refused != 0
 
 
 def _now_ms() -> int:

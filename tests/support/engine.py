@@ -1,9 +1,9 @@
-"""An in-process platform for engine tests: a server on free ports with simulated devices."""
+"""An in-process platform for tests: a server on free ports, registered and simulated devices."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 from fleetbatch.domain.registry import App, CreatedDevice, NewDevice
@@ -11,6 +11,7 @@ from fleetbatch.domain.states import SubtaskStatus
 from fleetbatch.domain.tasks import Task
 from fleetbatch.engine.engine import Engine
 from fleetbatch.engine.service import TaskService
+from fleetbatch.registry import Registry
 from fleetbatch.runtime import Runtime
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
@@ -61,18 +62,31 @@ class Fleet:
         return latest
 
 
-def engine_settings(settings: Settings, **changes: object) -> Settings:
-    """Free ports and quick sweeps for tests."""
+def server_settings(settings: Settings, **changes: object) -> Settings:
+    """Free ports and quick presence flushes for an in-process `Server`; `changes` win."""
     update: dict[str, object] = {
         "http_port": 0,
         "https_port": 0,
         "mqtt_port": 0,
         "mqtts_port": 0,
         "presence_flush_s": 0.05,
-        "engine_sweep_s": 0.1,
     }
-    update.update(changes)
-    return settings.model_copy(update=update)
+    return settings.model_copy(update=update | changes)
+
+
+def engine_settings(settings: Settings, **changes: object) -> Settings:
+    """`server_settings` with quick engine sweeps, for tests."""
+    return server_settings(settings, **({"engine_sweep_s": 0.1} | changes))
+
+
+async def register_devices(
+    registry: Registry, app_name: str, node_ids: Iterable[str]
+) -> tuple[App, list[CreatedDevice]]:
+    """A new app (and project) with these devices in its default product."""
+    app = await registry.apps.create(app_name)
+    product = await registry.products.default(app.app_id)
+    nodes = [NewDevice(node_id=node_id) for node_id in node_ids]
+    return app, await registry.devices.create_many(app.app_id, product.product_id, nodes)
 
 
 @contextlib.asynccontextmanager
@@ -93,12 +107,8 @@ async def running_fleet(
     """
     async with Server(settings) as server:
         assert server.runtime is not None
-        registry = server.runtime.registry
-        app = await registry.apps.create("engine-test")
-        product = await registry.products.default(app.app_id)
-        created = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"n{i:06d}") for i in range(count)]
-        )
+        node_ids = (f"n{i:06d}" for i in range(count))
+        app, created = await register_devices(server.runtime.registry, "engine-test", node_ids)
         if not simulate:
             yield Fleet(server, app, created, None)
             return
