@@ -4,6 +4,8 @@
 - `mosquitto_broker` (session): a throwaway broker with `.host`, `.port`, `.url`.
 - `database_kind` / `settings`: a test taking `settings` runs twice, on SQLite and on a
   fresh PostgreSQL database that is dropped afterwards.
+- `module_settings`: the same for a store that one module's tests share (a server started
+  once per module and database, for tests that each use their own devices).
 - `runtime`: `Runtime.open(settings)`, closed after the test.
 
 A missing server binary fails the tests that need it, never skips them: CI installs the
@@ -78,6 +80,24 @@ def settings(
         yield Settings(data_dir=data_dir, database=None)
         return
     # asked for here, not as a parameter, so SQLite-only runs never start PostgreSQL
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    try:
+        yield Settings(data_dir=data_dir, database=url)
+    finally:
+        server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="module", params=DATABASE_KINDS, ids=DATABASE_KINDS)
+def module_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """`settings` for one store shared by a module's tests (a module-scoped server), run on
+    both databases like `settings`; the tests must not depend on what the others stored."""
+    data_dir = tmp_path_factory.mktemp("module") / "data"
+    if request.param == "sqlite":
+        yield Settings(data_dir=data_dir, database=None)
+        return
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.create_database()
     try:
