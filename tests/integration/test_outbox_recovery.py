@@ -50,7 +50,7 @@ async def test_kill_9_during_delivery_loses_no_callback(
         server = await asyncio.to_thread(start_healthy, settings.data_dir, *flags)
         fleet = [FleetDevice(d.device_id, d.secret) for d in created]
         async with (
-            CallbackReceiver(fail_rate=0.5, delay_s=0.05) as receiver,
+            CallbackReceiver(fail_rate=0.5, delay_s=0.02) as receiver,
             Simulator(fleet, url) as sim,
         ):
             try:
