@@ -75,17 +75,7 @@ def settings(
     database_kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Settings]:
     """Settings for a fresh store: the SQLite file in a temp data dir, or a new PostgreSQL db."""
-    data_dir = tmp_path / "data"
-    if database_kind == "sqlite":
-        yield Settings(data_dir=data_dir, database=None)
-        return
-    # asked for here, not as a parameter, so SQLite-only runs never start PostgreSQL
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    url = server.create_database()
-    try:
-        yield Settings(data_dir=data_dir, database=url)
-    finally:
-        server.drop_database(url.rsplit("/", 1)[1])
+    yield from _fresh_store(database_kind, tmp_path / "data", request)
 
 
 @pytest.fixture(scope="module", params=DATABASE_KINDS, ids=DATABASE_KINDS)
@@ -94,10 +84,14 @@ def module_settings(
 ) -> Iterator[Settings]:
     """`settings` for one store shared by a module's tests (a module-scoped server), run on
     both databases like `settings`; the tests must not depend on what the others stored."""
-    data_dir = tmp_path_factory.mktemp("module") / "data"
-    if request.param == "sqlite":
+    yield from _fresh_store(request.param, tmp_path_factory.mktemp("module") / "data", request)
+
+
+def _fresh_store(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    if kind == "sqlite":
         yield Settings(data_dir=data_dir, database=None)
         return
+    # asked for here, not as a parameter, so SQLite-only runs never start PostgreSQL
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.create_database()
     try:
