@@ -203,14 +203,8 @@ def workspace(
     choice: str, prefix: str
 ) -> Iterator[tuple[Path, PostgresServer | None, dict[str, str | None]]]:
     """A temp dir, and `stores` for the `--database` choice: (dir, server, URL per kind)."""
-    with (
-        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
-        stores(database_kinds(choice)) as (
-            pg,
-            urls,
-        ),
-    ):
-        yield Path(tmp), pg, urls
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, stores(database_kinds(choice)) as found:
+        yield Path(tmp), *found
 
 
 def postgres_cpu_s(pg: PostgresServer | None) -> float:
