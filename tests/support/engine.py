@@ -105,20 +105,46 @@ async def running_fleet(
     `simulated`: only the first that many devices connect (the others stay offline);
     `device_url`: where the devices connect (an external broker), else the built-in port.
     """
-    async with Server(settings) as server:
-        assert server.runtime is not None
-        node_ids = (f"n{i:06d}" for i in range(count))
-        app, created = await register_devices(server.runtime.registry, "engine-test", node_ids)
-        if not simulate:
-            yield Fleet(server, app, created, None)
-            return
-        fleet = [FleetDevice(d.device_id, d.secret) for d in created[:simulated]]
-        url = device_url or f"mqtt://127.0.0.1:{server.mqtt_port}"
-        async with Simulator(
-            fleet, url, behaviors=behaviors, seed=seed, subscribe=device_url is not None
-        ) as sim:
-            await sim.wait_connected(timeout_s=30)
-            yield Fleet(server, app, created, sim)
+    async with (
+        Server(settings) as server,
+        fleet_on(
+            server,
+            count,
+            behaviors=behaviors,
+            simulate=simulate,
+            simulated=simulated,
+            seed=seed,
+            device_url=device_url,
+        ) as fleet,
+    ):
+        yield fleet
+
+
+@contextlib.asynccontextmanager
+async def fleet_on(
+    server: Server,
+    count: int,
+    *,
+    behaviors: Sequence[str] = (),
+    simulate: bool = True,
+    simulated: int | None = None,
+    seed: int = 1,
+    device_url: str | None = None,
+) -> AsyncIterator[Fleet]:
+    """`running_fleet` on a server that is already running: a new app with its devices."""
+    assert server.runtime is not None
+    node_ids = (f"n{i:06d}" for i in range(count))
+    app, created = await register_devices(server.runtime.registry, "engine-test", node_ids)
+    if not simulate:
+        yield Fleet(server, app, created, None)
+        return
+    fleet = [FleetDevice(d.device_id, d.secret) for d in created[:simulated]]
+    url = device_url or f"mqtt://127.0.0.1:{server.mqtt_port}"
+    async with Simulator(
+        fleet, url, behaviors=behaviors, seed=seed, subscribe=device_url is not None
+    ) as sim:
+        await sim.wait_connected(timeout_s=30)
+        yield Fleet(server, app, created, sim)
 
 
 async def check_counters(runtime: Runtime, task: Task) -> None:
