@@ -1,4 +1,5 @@
-"""Shared bench plumbing: throwaway servers, fleets, the bare round-trip loop, resource use."""
+"""Shared bench plumbing: command lines, throwaway stores, fleets and the platform and simulator
+processes, the bare round-trip loop, resource use."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +26,7 @@ from support.postgres import PostgresServer  # noqa: E402
 
 if TYPE_CHECKING:
     from fleetbatch.devices.channel import DeviceChannel
+    from fleetbatch.settings import Settings
 
 __all__ = [
     "DATABASE_CHOICES",
@@ -31,23 +35,118 @@ __all__ = [
     "ChildRun",
     "PostgresServer",
     "RoundTripLoop",
+    "add_child_args",
+    "add_database_arg",
+    "add_json_arg",
+    "add_load_args",
+    "add_settings_arg",
+    "bench_parser",
+    "child_settings",
     "children_of",
     "database_kinds",
+    "device_ids_of",
     "emit",
     "make_fleet",
     "percentile",
     "postgres_cpu_s",
+    "print_rows",
     "proc_cpu_s",
+    "read_fleet",
     "rss_kb",
     "run_child",
     "setting_arg",
+    "setting_flags",
+    "start_sim",
+    "stop_children",
     "stores",
     "subset",
+    "workspace",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FLEETBATCH = [sys.executable, "-m", "fleetbatch"]
 DATABASE_CHOICES = ("sqlite", "postgresql", "both")
+
+
+# --- command lines ----------------------------------------------------------------------------
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of the bench's docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
+def add_database_arg(parser: argparse.ArgumentParser) -> None:
+    """`--database sqlite|postgresql|both` (see `database_kinds`, `workspace`)."""
+    parser.add_argument("--database", choices=DATABASE_CHOICES, default="both")
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    """`--json`: the rows as JSON instead of a table (see `print_rows`)."""
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def add_settings_arg(parser: argparse.ArgumentParser, example: str) -> None:
+    """`--set NAME=VALUE` (repeatable): `Settings` fields for the server a bench starts."""
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=setting_arg,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a server setting, e.g. {example} (repeatable)",
+    )
+
+
+def add_load_args(parser: argparse.ArgumentParser, *, window_s: float) -> None:
+    """The bare loop's load: `--in-flight` commands kept outstanding for `--window-s`."""
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--window-s", type=float, default=window_s)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+
+
+def add_child_args(parser: argparse.ArgumentParser, role: str, *options: str) -> None:
+    """Hidden options with which a bench starts itself as its child: `role` and valued ones."""
+    parser.add_argument(role, action="store_true", help=argparse.SUPPRESS)
+    for option in options:
+        parser.add_argument(option, help=argparse.SUPPRESS)
+
+
+def setting_flags(settings: Sequence[tuple[str, str]]) -> list[str]:
+    """The `--set` flags that hand `settings` on to a child process."""
+    return [flag for name, value in settings for flag in ("--set", f"{name}={value}")]
+
+
+def child_settings(args: argparse.Namespace, **defaults: Any) -> Settings:
+    """The server settings of a platform child: its store, free ports, quiet logs, `--set`.
+
+    `args` has `data_dir`, `database_url` and `settings`; `defaults` give way to `--set`.
+    """
+    from fleetbatch.settings import Settings
+
+    return Settings(
+        data_dir=Path(args.data_dir),
+        database=args.database_url or None,
+        http_port=0,
+        https_port=0,
+        mqtt_port=0,
+        mqtts_port=0,
+        log_level="warning",
+        **{**defaults, **dict(args.settings)},
+    )
+
+
+def print_rows(
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    print_table: Callable[[list[dict[str, Any]], argparse.Namespace], None],
+) -> None:
+    """The rows as JSON with `--json`, else as the bench's table."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, args)
 
 
 @dataclass(frozen=True)
@@ -97,6 +196,15 @@ def stores(kinds: Sequence[str]) -> Iterator[tuple[PostgresServer | None, dict[s
     finally:
         if pg is not None:
             pg.stop()
+
+
+@contextlib.contextmanager
+def workspace(
+    choice: str, prefix: str
+) -> Iterator[tuple[Path, PostgresServer | None, dict[str, str | None]]]:
+    """A temp dir, and `stores` for the `--database` choice: (dir, server, URL per kind)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, stores(database_kinds(choice)) as found:
+        yield Path(tmp), *found
 
 
 def postgres_cpu_s(pg: PostgresServer | None) -> float:
@@ -196,6 +304,41 @@ def subset(fleet: Path, count: int, out: Path) -> None:
     data["devices"] = data["devices"][:count]
     out.write_text(json.dumps(data))
     out.chmod(0o600)
+
+
+def read_fleet(path: Path | str) -> dict[str, Any]:
+    """A fleet file's content (`admin create-devices --out`)."""
+    fleet: dict[str, Any] = json.loads(Path(path).read_text())
+    return fleet
+
+
+def device_ids_of(fleet: dict[str, Any]) -> list[str]:
+    """The device ids of a fleet file's content, in file order."""
+    return [device["device_id"] for device in fleet["devices"]]
+
+
+# --- the simulator and platform processes ----------------------------------------------------
+
+
+def start_sim(
+    fleet: Path, url: str, *flags: str, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`fleetbatch sim` over `fleet`, connecting to `url`; its stderr is dropped."""
+    command = [*FLEETBATCH, "sim", "--fleet", str(fleet), "--mqtt", url, "--json", *flags]
+    return subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def stop_children(platform: subprocess.Popen[str], sim: subprocess.Popen[str] | None) -> None:
+    """Kill the platform if it still runs; end the simulator with SIGINT (killed after 30 s)."""
+    if platform.poll() is None:
+        platform.kill()
+        platform.wait()
+    if sim is not None:
+        sim.send_signal(signal.SIGINT)
+        try:
+            sim.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sim.kill()
 
 
 # --- the bare command round-trip loop ---------------------------------------------------------

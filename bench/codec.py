@@ -10,10 +10,10 @@ connection), then encodes the same packets, and does the same for PUBACK. Prints
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
+from _support import bench_parser
 from fleetbatch.devices.codec import PacketReader, encode_puback, encode_publish
 
 TOPIC = "$oc/devices/6523a1b2c3d4e5f6a7b8c9d0_node000001/sys/commands/request_id=1234"
@@ -42,7 +42,7 @@ def decode_rate(packets: list[bytes], per_chunk: int, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()

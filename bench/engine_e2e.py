@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,19 +35,28 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import (
-    DATABASE_CHOICES,
-    FLEETBATCH,
     PostgresServer,
     RoundTripLoop,
+    add_child_args,
+    add_database_arg,
+    add_json_arg,
+    add_load_args,
+    add_settings_arg,
+    bench_parser,
+    child_settings,
     children_of,
-    database_kinds,
+    device_ids_of,
     emit,
     make_fleet,
     postgres_cpu_s,
+    print_rows,
     proc_cpu_s,
-    setting_arg,
-    stores,
+    read_fleet,
+    setting_flags,
+    start_sim,
+    stop_children,
     subset,
+    workspace,
 )
 from support.waiting import wait_until
 
@@ -65,20 +72,10 @@ CONNECT_TIMEOUT_S = 120
 async def platform_main(args: argparse.Namespace) -> None:
     from fleetbatch.devices.transport import BuiltinTransport
     from fleetbatch.server import Server, tune_gc
-    from fleetbatch.settings import Settings
 
-    fleet = json.loads(await asyncio.to_thread(Path(args.fleet).read_text))
-    device_ids: list[str] = [d["device_id"] for d in fleet["devices"]]
-    settings = Settings(
-        data_dir=Path(args.data_dir),
-        database=args.database_url or None,
-        http_port=0,
-        https_port=0,
-        mqtt_port=0,
-        mqtts_port=0,
-        log_level="warning",
-        **{"engine_max_in_flight": args.in_flight, **dict(args.settings)},
-    )
+    fleet = await asyncio.to_thread(read_fleet, args.fleet)
+    device_ids = device_ids_of(fleet)
+    settings = child_settings(args, engine_max_in_flight=args.in_flight)
     async with Server(settings) as server:
         tune_gc()  # as `fleetbatch serve` does once it is ready
         transport = server.channel
@@ -230,8 +227,7 @@ def run_platform(
     ]  # fmt: skip
     if database:
         command += ["--database-url", database]
-    for name, value in args.settings:
-        command += ["--set", f"{name}={value}"]
+    command += setting_flags(args.settings)
     platform = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert platform.stdout is not None
     sim: subprocess.Popen[str] | None = None
@@ -242,14 +238,7 @@ def run_platform(
             event = json.loads(line)
             kind = event.pop("event")
             if kind == "listening":
-                url = f"mqtt://127.0.0.1:{event['port']}"
-                sim_command = [*FLEETBATCH, "sim", "--fleet", str(fleet), "--mqtt", url, "--json"]
-                sim = subprocess.Popen(
-                    sim_command,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                )
+                sim = start_sim(fleet, f"mqtt://127.0.0.1:{event['port']}")
                 meter = CpuMeter(platform.pid, sim.pid, pg)
             elif kind == "phase_start":
                 assert meter is not None
@@ -263,15 +252,7 @@ def run_platform(
         if platform.wait(timeout=60) != 0:
             raise SystemExit(f"platform process exited {platform.returncode}")
     finally:
-        if platform.poll() is None:
-            platform.kill()
-            platform.wait()
-        if sim is not None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                sim.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+        stop_children(platform, sim)
     return [{"round": r, **rounds[r]} for r in sorted(rounds)]
 
 
@@ -361,27 +342,14 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", choices=DATABASE_CHOICES, default="both")
+    parser = bench_parser(__doc__)
+    add_database_arg(parser)
     parser.add_argument("--devices", default="1000,5000")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--in-flight", type=int, default=200)
-    parser.add_argument("--window-s", type=float, default=5.0)
-    parser.add_argument("--warmup-s", type=float, default=2.0)
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        type=setting_arg,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a server setting for the platform, e.g. engine_flush_ms=10 (repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--platform", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    add_load_args(parser, window_s=5.0)
+    add_settings_arg(parser, "engine_flush_ms=10")
+    add_json_arg(parser)
+    add_child_args(parser, "--platform", "--fleet", "--data-dir", "--database-url")
     args = parser.parse_args()
     if args.platform:
         import uvloop
@@ -389,12 +357,10 @@ def main() -> None:
         uvloop.run(platform_main(args))
         return
 
-    kinds = database_kinds(args.database)
     sizes = [int(s) for s in args.devices.split(",")]
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fbbench-e2e-") as tmp, stores(kinds) as (pg, urls):
-        work = Path(tmp)
-        for kind in kinds:
+    with workspace(args.database, "fbbench-e2e-") as (work, pg, urls):
+        for kind in urls:
             data_dir = work / kind
             full = work / f"{kind}-fleet.json"
             print(f"{kind}: registering {max(sizes):,} devices ...", file=sys.stderr)
@@ -413,10 +379,7 @@ def main() -> None:
                             f"{row['task_subtasks_per_s']:,}/s, ratio {row['ratio']}",
                             file=sys.stderr,
                         )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, args)
+    print_rows(rows, args, print_table)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,25 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import DATABASE_CHOICES, database_kinds, rss_kb, run_child, setting_arg, stores
+from _support import (
+    add_child_args,
+    add_database_arg,
+    add_json_arg,
+    add_settings_arg,
+    bench_parser,
+    child_settings,
+    print_rows,
+    rss_kb,
+    run_child,
+    setting_flags,
+    workspace,
+)
 from support.waiting import wait_until
 
 GOAL_RATIO = 1.5
@@ -82,19 +93,8 @@ async def server_main(args: argparse.Namespace) -> None:
     from fleetbatch.domain.states import TaskStatus
     from fleetbatch.domain.tasks import NewTask, Selector, SelectorKind, TaskPolicy, TaskType
     from fleetbatch.server import Server, tune_gc
-    from fleetbatch.settings import Settings
 
-    settings = Settings(
-        data_dir=Path(args.data_dir),
-        database=args.database_url or None,
-        http_port=0,
-        https_port=0,
-        mqtt_port=0,
-        mqtts_port=0,
-        log_level="warning",
-        **dict(args.settings),
-    )
-    async with Server(settings) as server:
+    async with Server(child_settings(args)) as server:
         tune_gc()  # as `fleetbatch serve` does once it is ready
         assert server.runtime is not None
         assert server.engine is not None
@@ -248,9 +248,7 @@ def expand_in_child(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     if bench.url:
         command += ["--database-url", bench.url]
-    for name, value in args.settings:
-        command += ["--set", f"{name}={value}"]
-    run = run_child(command)
+    run = run_child(command + setting_flags(args.settings))
     result: dict[str, Any] = json.loads(run.stdout)
     result["peak_rss_mb"] = run.peak_rss_mb
     result["child_cpu_s"] = run.cpu_s
@@ -331,39 +329,24 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", choices=DATABASE_CHOICES, default="both")
+    parser = bench_parser(__doc__)
+    add_database_arg(parser)
     parser.add_argument("--devices", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        type=setting_arg,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a server setting, e.g. engine_expand_chunk=50000 (repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
-    parser.add_argument("--app", help=argparse.SUPPRESS)
+    add_settings_arg(parser, "engine_expand_chunk=50000")
+    add_json_arg(parser)
+    add_child_args(parser, "--child", "--data-dir", "--database-url", "--app")
     args = parser.parse_args()
     import uvloop
 
     if args.child:
         uvloop.run(server_main(args))
         return
-    kinds = database_kinds(args.database)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fbbench-expand-") as tmp, stores(kinds) as (_, urls):
-        for kind in kinds:
-            rows += uvloop.run(measure(kind, urls[kind], Path(tmp), args))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, args)
+    with workspace(args.database, "fbbench-expand-") as (work, _, urls):
+        for kind, url in urls.items():
+            rows += uvloop.run(measure(kind, url, work, args))
+    print_rows(rows, args, print_table)
 
 
 if __name__ == "__main__":

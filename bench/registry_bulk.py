@@ -10,22 +10,18 @@ started here (tests/support/postgres.py). One run; the machine is shared, expect
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from _support import PostgresServer, run_child
-
-FLEETBATCH = [sys.executable, "-m", "fleetbatch"]
+from _support import FLEETBATCH, bench_parser, run_child, stores
 
 
-def measure(kind: str, devices: int, workdir: Path, pg: PostgresServer | None) -> dict[str, float]:
+def measure(kind: str, devices: int, workdir: Path, url: str | None) -> dict[str, float]:
     data_dir = workdir / kind
     store = ["--data-dir", str(data_dir)]
-    if pg is not None:
-        store += ["--database", pg.create_database()]
+    if url is not None:
+        store += ["--database", url]
     app = json.loads(
         run_child([*FLEETBATCH, "admin", "create-app", *store, "--name", "bench", "--json"]).stdout
     )
@@ -48,23 +44,16 @@ def measure(kind: str, devices: int, workdir: Path, pg: PostgresServer | None) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     kinds = args.databases.split(",")
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="fleetbatch-bench-") as tmp:
-        pg = PostgresServer.start() if "postgresql" in kinds else None
-        try:
-            for kind in kinds:
-                results[kind] = measure(
-                    kind, args.devices, Path(tmp), pg if kind != "sqlite" else None
-                )
-                print(f"{kind:>10}: {json.dumps(results[kind])}", flush=True)
-        finally:
-            if pg is not None:
-                pg.stop()
+    with tempfile.TemporaryDirectory(prefix="fleetbatch-bench-") as tmp, stores(kinds) as (_, urls):
+        for kind, url in urls.items():
+            results[kind] = measure(kind, args.devices, Path(tmp), url)
+            print(f"{kind:>10}: {json.dumps(results[kind])}", flush=True)
     if len(results) == 2:
         ratio = results["postgresql"]["devices_per_s"] / results["sqlite"]["devices_per_s"]
         print(f"postgresql/sqlite devices-per-second ratio: {ratio:.2f}")

@@ -26,14 +26,14 @@ import subprocess
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import cast
 
-ROOT = Path(__file__).resolve().parent.parent
+from _support import ROOT, bench_parser, rss_kb
+
 sys.path.insert(0, str(ROOT / "src"))
 
-from fleetbatch.devices.auth import make_client_id  # noqa: E402
-from fleetbatch.devices.codec import (  # noqa: E402
+from fleetbatch.devices.auth import make_client_id
+from fleetbatch.devices.codec import (
     Connect,
     MalformedPacket,
     PacketReader,
@@ -43,8 +43,8 @@ from fleetbatch.devices.codec import (  # noqa: E402
     encode_puback,
     encode_publish,
 )
-from fleetbatch.sim.fleet import FleetDevice  # noqa: E402
-from fleetbatch.sim.runner import Simulator, run_on_fast_loop  # noqa: E402
+from fleetbatch.sim.fleet import FleetDevice
+from fleetbatch.sim.runner import Simulator, run_on_fast_loop
 
 COMMAND = b'{"object_device_id":"%s","service_id":"valve","command_name":"open","paras":{"pct":50}}'
 RESPONSE = b'{"result_code":0,"response_name":"open","paras":{"result":"ok"}}'
@@ -141,12 +141,6 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, float]:
 # --- the client side (child process) --------------------------------------------------------
 
 
-def rss_kb() -> int:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * resource.getpagesize() // 1024
-
-
 class Usage:
     """CPU and answers at one moment."""
 
@@ -233,7 +227,7 @@ async def run_floor(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)

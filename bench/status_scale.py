@@ -30,9 +30,7 @@ noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +38,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import DATABASE_CHOICES, database_kinds, percentile, stores
+from _support import (
+    add_database_arg,
+    add_json_arg,
+    bench_parser,
+    percentile,
+    print_rows,
+    workspace,
+)
 
 GOAL_RATIO = 2.0
 SMALL = 10
@@ -261,26 +266,22 @@ def _pair(row: dict[str, Any], prefix: str, suffix: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", choices=DATABASE_CHOICES, default="both")
+    parser = bench_parser(__doc__)
+    add_database_arg(parser)
     parser.add_argument("--subtasks", type=int, default=1_000_000)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--legacy-iterations", type=int, default=20)
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_json_arg(parser)
     args = parser.parse_args()
     if args.subtasks < 2 * DEEP_ROWS:
         parser.error(f"--subtasks must be at least {2 * DEEP_ROWS:,}")
     import uvloop
 
-    kinds = database_kinds(args.database)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fbbench-status-") as tmp, stores(kinds) as (_, urls):
-        for kind in kinds:
-            rows += uvloop.run(measure(kind, urls[kind], Path(tmp), args))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, args)
+    with workspace(args.database, "fbbench-status-") as (work, _, urls):
+        for kind, url in urls.items():
+            rows += uvloop.run(measure(kind, url, work, args))
+    print_rows(rows, args, print_table)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,17 +34,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import (
-    ROOT,
     RoundTripLoop,
+    add_child_args,
+    add_load_args,
+    bench_parser,
     children_of,
+    device_ids_of,
     emit,
     make_fleet,
     proc_cpu_s,
+    read_fleet,
     rss_kb,
+    start_sim,
+    stop_children,
     subset,
 )
-
-sys.path.insert(0, str(ROOT / "tests"))
 from support.mosquitto import MosquittoBroker
 
 # --- the platform side (a child process) ---------------------------------------------------
@@ -60,8 +63,7 @@ async def platform_main(args: argparse.Namespace) -> None:
     from fleetbatch.server import bind_listener, tune_gc
     from fleetbatch.settings import Settings
 
-    fleet_text = await asyncio.to_thread(Path(args.fleet).read_text)
-    device_ids: list[str] = [d["device_id"] for d in json.loads(fleet_text)["devices"]]
+    device_ids = device_ids_of(await asyncio.to_thread(read_fleet, args.fleet))
     settings = Settings(data_dir=Path(args.data_dir))
     runtime = await Runtime.open(settings)
     presence = PresenceRecorder(runtime.registry, flush_s=0.5)
@@ -190,24 +192,10 @@ def run_mode(
             events[event["event"]] = event
             if event["event"] == "listening":
                 url = f"mqtt://127.0.0.1:{event['port']}" if mode == "builtin" else broker.url
-                sim_cmd = [
-                    sys.executable,
-                    "-m",
-                    "fleetbatch",
-                    "sim",
-                    "--fleet",
-                    str(fleet),
-                    "--mqtt",
-                    url,
-                    "--json",
-                    "--processes",
-                    str(args.sim_processes),
-                ]
+                flags = ["--processes", str(args.sim_processes)]
                 if mode != "builtin":
-                    sim_cmd.append("--subscribe")
-                sim = subprocess.Popen(
-                    sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-                )
+                    flags.append("--subscribe")
+                sim = start_sim(fleet, url, *flags)
             elif event["event"] == "window_start":
                 assert sim is not None
                 sim_cpu0 = proc_cpu_s(children_of(sim.pid))
@@ -230,29 +218,16 @@ def run_mode(
                 raise SystemExit(f"{mode}: {event['message']}")
         platform.wait(timeout=60)
     finally:
-        if platform.poll() is None:
-            platform.kill()
-        if sim is not None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                sim.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+        stop_children(platform, sim)
     return events
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", default="1000,5000")
-    parser.add_argument("--window-s", type=float, default=10.0)
-    parser.add_argument("--warmup-s", type=float, default=2.0)
-    parser.add_argument("--in-flight", type=int, default=200)
+    add_load_args(parser, window_s=10.0)
     parser.add_argument("--sim-processes", type=int, default=1)
-    parser.add_argument("--platform", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet", help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--broker", help=argparse.SUPPRESS)
+    add_child_args(parser, "--platform", "--mode", "--fleet", "--data-dir", "--broker")
     args = parser.parse_args()
     if args.platform:
         import uvloop

@@ -19,18 +19,16 @@ and the JSON response, parsed into the SDK's models.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import DATABASE_CHOICES, database_kinds, percentile, stores
+from _support import add_database_arg, add_json_arg, bench_parser, percentile, workspace
 from status_scale import build, oldest_id
 from support.serve import start_healthy, stop_process
 
@@ -104,25 +102,23 @@ def measure(endpoint: str, setup: dict[str, Any], iterations: int) -> list[dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database", choices=DATABASE_CHOICES, default="both")
+    parser = bench_parser(__doc__)
+    add_database_arg(parser)
     parser.add_argument("--subtasks", type=int, default=100_000)
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--json", action="store_true")
+    add_json_arg(parser)
     args = parser.parse_args()
     results = []
-    kinds = database_kinds(args.database)
-    with stores(kinds) as (_pg, urls):
-        for kind in kinds:
-            with tempfile.TemporaryDirectory() as tmp:
-                data_dir = Path(tmp) / "data"
-                setup = asyncio.run(prepare(data_dir, urls[kind], kind, args.subtasks))
-                flags = ["--database", urls[kind]] if urls[kind] else []
-                server = start_healthy(data_dir, *flags)  # type: ignore[arg-type]
-                try:
-                    rows = measure(server.http_url, setup, args.iterations)
-                finally:
-                    stop_process(server)
+    with workspace(args.database, "fbbench-v5-") as (work, _, urls):
+        for kind, url in urls.items():
+            data_dir = work / kind
+            setup = asyncio.run(prepare(data_dir, url, kind, args.subtasks))
+            flags = ["--database", url] if url else []
+            server = start_healthy(data_dir, *flags)
+            try:
+                rows = measure(server.http_url, setup, args.iterations)
+            finally:
+                stop_process(server)
             results += [{"database": kind, "subtasks": args.subtasks, **row} for row in rows]
     if args.json:
         print(json.dumps(results, indent=2))

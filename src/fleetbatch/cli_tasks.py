@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import itertools
 import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import typer
 from rich import box
@@ -202,17 +205,81 @@ def run_remote(remote: V5Profile, work: Callable[[RemoteTasks], Awaitable[T]]) -
         raise fail(exc.message, exit_code_for(exc)) from None
 
 
-def run_tasks(
-    remote: V5Profile | None,
-    data_dir: Path | None,
-    database: str | None,
-    work: Callable[[TaskCalls], Awaitable[T]],
-) -> T:
-    """Run `work` over the store's task service, or over the server's v5 API."""
-    if remote is not None:
-        return run_remote(remote, work)
-    settings = build_settings(data_dir=data_dir, database=database)
-    return run_with_runtime(settings, lambda runtime: work(runtime.tasks))
+@dataclass(frozen=True)
+class TaskTarget:
+    """Where a `task` command works: the store, or a server's v5 API when `remote` is set."""
+
+    remote: V5Profile | None
+    data_dir: Path | None
+    database: str | None
+
+    def run(self, work: Callable[[TaskCalls], Awaitable[T]]) -> T:
+        """Run `work` over the store's task service, or over the server's v5 API."""
+        return self.run_split(lambda runtime: work(runtime.tasks), work)
+
+    def run_split(
+        self,
+        local: Callable[[Runtime], Awaitable[T]],
+        remote: Callable[[RemoteTasks], Awaitable[T]],
+    ) -> T:
+        """Run `local` over the store's runtime, or `remote` through the server."""
+        if self.remote is not None:
+            return run_remote(self.remote, remote)
+        settings = build_settings(data_dir=self.data_dir, database=self.database)
+        return run_with_runtime(settings, local)
+
+
+# the options every `task` command ends with, in this order: the store, --json, a server
+SHARED_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("data_dir", DataDirOpt, None),
+    ("database", DatabaseOpt, None),
+    ("json_out", JsonOpt, False),
+    ("profile", ProfileOpt, None),
+    ("endpoint", EndpointOpt, None),
+    ("ak", AkOpt, None),
+    ("sk", SkOpt, None),
+    ("project_id", ProjectOpt, None),
+    ("region", RegionOpt, None),
+)
+REMOTE_OPTIONS = ("profile", "endpoint", "ak", "sk", "project_id", "region")
+
+
+def task_command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a `task` command that ends with the shared options (`SHARED_OPTIONS`).
+
+    The function takes `where: TaskTarget` and `json_out: bool` keyword arguments instead of
+    the nine options: typer sees them appended to the function's own parameters, and the
+    server flags are resolved (usage errors end the command) before the function runs.
+    """
+
+    def register(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            param
+            for param in inspect.signature(command, eval_str=True).parameters.values()
+            if param.name not in ("where", "json_out")
+        ]
+        shared = [
+            inspect.Parameter(
+                option, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint
+            )
+            for option, hint, default in SHARED_OPTIONS
+        ]
+
+        @functools.wraps(command)
+        def with_shared_options(**options: Any) -> None:
+            remote = remote_profile(*(options.pop(option) for option in REMOTE_OPTIONS))
+            where = TaskTarget(remote, options.pop("data_dir"), options.pop("database"))
+            command(**options, where=where)
+
+        signature = inspect.Signature([*own, *shared], return_annotation=None)
+        with_shared_options.__signature__ = signature  # type: ignore[attr-defined]
+        with_shared_options.__annotations__ = {
+            p.name: p.annotation for p in signature.parameters.values()
+        }
+        task_app.command(name)(with_shared_options)
+        return command
+
+    return register
 
 
 # --- parsing what the user typed ------------------------------------------------------------
@@ -505,7 +572,7 @@ def _print_results(task_id: str, action: str, results: list[TargetResult], json_
 # --- commands ---------------------------------------------------------------------------------
 
 
-@task_app.command("create")
+@task_command("create")
 def create(
     type_text: Annotated[
         str,
@@ -564,19 +631,12 @@ def create(
             "project's default app unless given).",
         ),
     ] = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """Create a batch task; print its id. The running server's engine carries it out."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
-    if remote is None and app_id is None:
+    if where.remote is None and app_id is None:
         raise fail("--app is required (or work through a server with --endpoint)", EXIT_USAGE)
     chosen = [
         flag
@@ -614,7 +674,7 @@ def create(
         app_id=app_id or "",
         task_type=task_type,
         # v5 task names take letters, digits and `_` only
-        name=name or (_default_name().replace("-", "_") if remote else _default_name()),
+        name=name or (_default_name().replace("-", "_") if where.remote else _default_name()),
         document=document,
         selector=selector,
         policy=policy,
@@ -631,7 +691,7 @@ def create(
             device_ids = non_empty(read_targets(targets_file), "--targets-file")
         return await tasks.create(new, device_ids)
 
-    task = run_tasks(remote, data_dir, database, work)
+    task = where.run(work)
     if json_out:
         print(
             json.dumps(
@@ -664,33 +724,26 @@ def _default_name() -> str:
     return f"cli-{to_compact(int(time.time() * 1000))}-{os.urandom(2).hex()}"
 
 
-@task_app.command("show")
+@task_command("show")
 def show(
     task_id: TaskIdArg,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """One task: status, progress by subtask state, document, policy, times."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
     async def work(tasks: TaskCalls) -> Task:
         return await tasks.get(task_id)
 
-    task = run_tasks(remote, data_dir, database, work)
+    task = where.run(work)
     if json_out:
         print(json.dumps(task_json(task)))
         return
     _print_task(task)
 
 
-@task_app.command("list")
+@task_command("list")
 def list_tasks(
     app_id: Annotated[
         str | None, typer.Option("--app", help="Only this app's tasks \\[default: every app].")
@@ -704,18 +757,11 @@ def list_tasks(
     marker: Annotated[
         str | None, typer.Option(help="Continue below this marker (from the last page).")
     ] = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """A page of tasks, newest first; `--marker` continues where the last page ended."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
     status_value = _task_status(status)
     try:
         task_type = parse_task_type(type_text).value if type_text is not None else None
@@ -740,10 +786,7 @@ def list_tasks(
         ]
         return merge_pages(pages, limit)
 
-    if remote is not None:
-        found = run_remote(remote, through_v5)
-    else:
-        found = run_with_runtime(build_settings(data_dir=data_dir, database=database), work)
+    found = where.run_split(work, through_v5)
     if json_out:
         print(
             json.dumps(
@@ -755,14 +798,7 @@ def list_tasks(
             )
         )
         return
-    # whole ids and words, no borders: an id cut short cannot be pasted into the next command
-    table = Table(
-        title=f"{found.count:,} tasks",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _listing(f"{found.count:,} tasks")
     for name in ("task_id", "type", "status", "success/total", "created (UTC)"):
         table.add_column(name, no_wrap=True)
     for task in found.items:
@@ -772,7 +808,20 @@ def list_tasks(
             f"{row['success']:,}/{row['total']:,}", _short_time(task.created_at),
         )  # fmt: skip
     Console().print(table)
-    if found.marker is not None and len(found.items) == limit:
+    if len(found.items) == limit:
+        _hint_next_page(found)
+
+
+def _listing(title: str) -> Table:
+    """A table of whole ids and words with no borders: an id cut short cannot be pasted."""
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+
+
+def _hint_next_page(found: Page[Any]) -> None:
+    """Tell how to ask for the page after a full one."""
+    if found.marker is not None:
         err_console.print(f"next page: --marker {found.marker}", highlight=False)
 
 
@@ -811,7 +860,7 @@ def _task_summary(task: Task) -> dict[str, Any]:
     }
 
 
-@task_app.command("details")
+@task_command("details")
 def details(
     task_id: TaskIdArg,
     status: Annotated[
@@ -834,18 +883,11 @@ def details(
     page_size: Annotated[
         int | None, typer.Option("--page-size", min=1, help="Numbered paging: page size.")
     ] = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """A page of a task's subtasks: newest first by marker, or numbered in creation order."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
     status_value = _subtask_status(status)
     numbered = page_no is not None or page_size is not None
     if numbered and (limit is not None or marker is not None or offset is not None):
@@ -854,7 +896,7 @@ def details(
         page = PageRequest(limit=limit or 10, marker=marker or MAX_MARKER, offset=offset or 0)
     except InvalidInput as exc:
         raise _usage(exc) from None
-    if numbered and remote is not None:
+    if numbered and where.remote is not None:
         raise fail("--page-no/--page-size are not v5 paging: use --limit/--marker", EXIT_USAGE)
 
     async def work(runtime: Runtime) -> tuple[Task, Page[Subtask]]:
@@ -867,11 +909,7 @@ def details(
     async def through_v5(tasks: RemoteTasks) -> tuple[Task, Page[Subtask]]:
         return await tasks.subtasks(task_id, page=page, status=status_value, target=device)
 
-    if remote is not None:
-        task, found = run_remote(remote, through_v5)
-    else:
-        settings = build_settings(data_dir=data_dir, database=database)
-        task, found = run_with_runtime(settings, work)
+    task, found = where.run_split(work, through_v5)
     if json_out:
         print(
             json.dumps(
@@ -885,13 +923,7 @@ def details(
         )
         return
     # the record ids (markers) and times are in --json; the device id is what a reader wants
-    table = Table(
-        title=f"task {task.task_id}: {found.count:,} subtasks",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _listing(f"task {task.task_id}: {found.count:,} subtasks")
     table.add_column("device", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("try", no_wrap=True)
@@ -904,29 +936,22 @@ def details(
             error or "",
         )  # fmt: skip
     Console().print(table)
-    if not numbered and found.marker is not None and len(found.items) == page.limit:
-        err_console.print(f"next page: --marker {found.marker}", highlight=False)
+    if not numbered and len(found.items) == page.limit:
+        _hint_next_page(found)
 
 
-@task_app.command("watch")
+@task_command("watch")
 def watch(
     task_id: TaskIdArg,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 1)."),
     ] = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """Follow a task live (a progress bar with per-state counts) until it finished."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
     async def work(tasks: TaskCalls) -> Task:
         view = None if json_out else TaskProgressView()
@@ -946,7 +971,7 @@ def watch(
             raise fail(f"task {task_id} is still {task.status.value} after {timeout:g} s") from None
 
     try:
-        task = run_tasks(remote, data_dir, database, work)
+        task = where.run(work)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
@@ -959,61 +984,37 @@ def watch(
     )
 
 
-@task_app.command("stop")
+@task_command("stop")
 def stop(
     task_id: TaskIdArg,
     devices: DevicesOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """Stop a task, or only the named devices' unfinished subtasks."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
-
-    async def work(tasks: TaskCalls) -> tuple[list[TargetResult], Task]:
-        results = await tasks.stop(task_id, targets=devices or None)
-        return results, await tasks.get(task_id)
-
-    results, task = run_tasks(remote, data_dir, database, work)
-    if devices:
-        _print_results(task_id, "stopped", results, json_out)
-    elif json_out:
+    task = _change_targets(where, task_id, devices, "stop", json_out)
+    if task is None:
+        return
+    if json_out:
         print(json.dumps({"task_id": task_id, "status": task.status.value}))
     else:
         err_console.print(f"task {task_id} {task.status.value}", highlight=False)
 
 
-@task_app.command("retry")
+@task_command("retry")
 def retry(
     task_id: TaskIdArg,
     devices: DevicesOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """Run failed, timed-out and stopped subtasks again (all, or the named devices')."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
-
-    async def work(tasks: TaskCalls) -> tuple[list[TargetResult], Task]:
-        results = await tasks.retry(task_id, targets=devices or None)
-        return results, await tasks.get(task_id)
-
-    results, task = run_tasks(remote, data_dir, database, work)
-    if devices:
-        _print_results(task_id, "retried", results, json_out)
-    elif json_out:
+    task = _change_targets(where, task_id, devices, "retry", json_out)
+    if task is None:
+        return
+    if json_out:
         print(
             json.dumps(
                 {"task_id": task_id, "status": task.status.value, "waiting": task.progress.waiting}
@@ -1026,26 +1027,44 @@ def retry(
         )
 
 
-@task_app.command("delete")
+def _change_targets(
+    where: TaskTarget,
+    task_id: str,
+    devices: list[str] | None,
+    action: Literal["stop", "retry"],
+    json_out: bool,
+) -> Task | None:
+    """Stop or retry the task, or the named devices' subtasks.
+
+    With devices named, prints each one's result and returns None; otherwise returns the
+    task as it is afterwards, for the command to print.
+    """
+
+    async def work(tasks: TaskCalls) -> tuple[list[TargetResult], Task]:
+        change = tasks.stop if action == "stop" else tasks.retry
+        results = await change(task_id, targets=devices or None)
+        return results, await tasks.get(task_id)
+
+    results, task = where.run(work)
+    if devices:
+        _print_results(task_id, "stopped" if action == "stop" else "retried", results, json_out)
+        return None
+    return task
+
+
+@task_command("delete")
 def delete(
     task_id: TaskIdArg,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    endpoint: EndpointOpt = None,
-    ak: AkOpt = None,
-    sk: SkOpt = None,
-    project_id: ProjectOpt = None,
-    region: RegionOpt = None,
+    *,
+    where: TaskTarget,
+    json_out: bool,
 ) -> None:
     """Delete a finished task and its subtasks (stop a running one first)."""
-    remote = remote_profile(profile, endpoint, ak, sk, project_id, region)
 
     async def work(tasks: TaskCalls) -> None:
         await tasks.delete(task_id)
 
-    run_tasks(remote, data_dir, database, work)
+    where.run(work)
     if json_out:
         print(json.dumps({"task_id": task_id, "deleted": True}))
     else:

@@ -35,13 +35,14 @@ from fleetbatch.devices.topics import (
     Uplink,
 )
 from fleetbatch.devices.transport import BuiltinTransport
-from fleetbatch.domain.registry import DeviceStatus, NewDevice
+from fleetbatch.domain.registry import DeviceStatus
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
 from fleetbatch.sim import Behavior, FleetDevice, Simulator
 from fleetbatch.sim.device import STOPPED
 from support import LOOPBACK
 from support.cli import FLEETBATCH, run_cli, run_cli_json, store_flags
+from support.engine import register_devices, server_settings
 from support.mosquitto import MosquittoBroker
 from support.serve import ServeProcess, start_healthy, stop_process
 from support.waiting import wait_until, wait_until_sync
@@ -201,25 +202,11 @@ SPECIAL_BEHAVIORS = {
 
 @pytest.fixture
 async def fleet(settings: Settings) -> AsyncIterator[Fleet]:
-    settings = settings.model_copy(
-        update={
-            "http_port": 0,
-            "https_port": 0,
-            "mqtt_port": 0,
-            "mqtts_port": 0,
-            "presence_flush_s": 0.05,
-        }
-    )
-    async with Server(settings) as server:
+    async with Server(server_settings(settings)) as server:
         assert server.runtime is not None
-        registry = server.runtime.registry
-        app = await registry.apps.create("device-access")
-        product = await registry.products.default(app.app_id)
         node_ids = [f"dev-{i:03d}" for i in range(LIBRARY_NORMAL_DEVICES)]
         node_ids += list(SPECIAL_BEHAVIORS)
-        created = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=node_id) for node_id in node_ids]
-        )
+        app, created = await register_devices(server.runtime.registry, "device-access", node_ids)
         by_node = {device.node_id: device.device_id for device in created}
         channel = server.channel
         assert isinstance(channel, BuiltinTransport)

@@ -19,7 +19,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetbatch.clock import SystemClock
 from fleetbatch.devices import topics
 from fleetbatch.devices.auth import make_client_id
 from fleetbatch.devices.broker import BrokerChannel
@@ -36,6 +35,7 @@ from fleetbatch.devices.topics import (
 )
 from fleetbatch.domain.errors import Unavailable
 from support import free_port
+from support.broker import plain_broker_channel
 from support.mosquitto import MosquittoBroker
 from support.waiting import wait_until
 
@@ -148,16 +148,10 @@ async def open_channel(broker_url: str) -> AsyncIterator[ChannelFactory]:
     opened: list[BrokerChannel] = []
 
     async def factory(url: str | None = None, **options: Any) -> BrokerChannel:
-        settings: dict[str, Any] = {
-            "client_id": f"fleetbatch-{uuid.uuid4().hex[:8]}",
-            "username": None,
-            "password": None,
-            "share_group": None,
-            "ca_file": None,
-            "clock": SystemClock(),
-            "connect_timeout_s": 5.0,
-        }
-        channel = BrokerChannel(url or broker_url, **(settings | options))
+        client_id = options.pop("client_id", f"fleetbatch-{uuid.uuid4().hex[:8]}")
+        channel = plain_broker_channel(
+            url or broker_url, client_id, **({"connect_timeout_s": 5.0} | options)
+        )
         await channel.start()
         opened.append(channel)
         return channel
@@ -345,15 +339,8 @@ async def test_closing_fails_waiting_requests_and_refuses_new_ones(
 
 
 async def test_start_fails_with_unavailable_when_no_broker_listens() -> None:
-    channel = BrokerChannel(
-        f"mqtt://127.0.0.1:{free_port()}",
-        client_id="fleetbatch-test",
-        username=None,
-        password=None,
-        share_group=None,
-        ca_file=None,
-        clock=SystemClock(),
-        connect_timeout_s=0.5,
+    channel = plain_broker_channel(
+        f"mqtt://127.0.0.1:{free_port()}", "fleetbatch-test", connect_timeout_s=0.5
     )
     # connect_timeout_s bounds the wait; asyncio.timeout turns a hang into a failure
     async with asyncio.timeout(30):

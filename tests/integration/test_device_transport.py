@@ -10,18 +10,25 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 import pytest
+import pytest_asyncio
 
 from fleetbatch.devices import codec, topics
 from fleetbatch.devices.channel import Delivery, DeviceOffline, NoResponse
 from fleetbatch.devices.topics import CommandResponse, PropertiesReport, Uplink
 from fleetbatch.devices.transport import BuiltinTransport
-from fleetbatch.domain.registry import CreatedDevice, DeviceStatus, NewDevice
+from fleetbatch.domain.registry import CreatedDevice, DeviceStatus
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
+from support.engine import register_devices, server_settings
 from support.mqtt_device import RawDevice, credentials
 from support.waiting import wait_until
 
 HOUR_MS = 3_600_000
+
+
+# one server per database for the whole module (starting and stopping one per test cost
+# three quarters of the module's time); each test registers devices of its own
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @dataclass
@@ -29,11 +36,17 @@ class Platform:
     server: Server
     transport: BuiltinTransport
     devices: list[CreatedDevice]
-    uplinks: list[Uplink]
+    received: list[Uplink]
 
     @property
     def host(self) -> str:
         return self.server.settings.host
+
+    @property
+    def uplinks(self) -> list[Uplink]:
+        """What this test's devices published that no request claimed."""
+        mine = {device.device_id for device in self.devices}
+        return [uplink for uplink in self.received if uplink.device_id in mine]
 
     async def device(self, index: int = 0, *, sign_type: str = "1") -> RawDevice:
         """A raw device connected and accepted."""
@@ -62,31 +75,25 @@ class Platform:
         return found.status
 
 
-@pytest.fixture
-async def platform(settings: Settings) -> AsyncIterator[Platform]:
-    settings = settings.model_copy(
-        update={
-            "http_port": 0,
-            "https_port": 0,
-            "mqtt_port": 0,
-            "mqtts_port": 0,
-            "presence_flush_s": 0.05,
-            "mqtt_max_packet_bytes": 4096,
-        }
-    )
-    async with Server(settings) as server:
-        assert server.runtime is not None
-        registry = server.runtime.registry
-        app = await registry.apps.create("transport-test")
-        product = await registry.products.default(app.app_id)
-        created = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"dev-{i}") for i in range(4)]
-        )
-        transport = server.channel
-        assert isinstance(transport, BuiltinTransport)
-        uplinks: list[Uplink] = []
-        transport.add_uplink_handler(uplinks.append)
-        yield Platform(server, transport, created, uplinks)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(module_settings: Settings) -> AsyncIterator[tuple[Server, list[Uplink]]]:
+    """The module's server, and every uplink no request claimed."""
+    async with Server(server_settings(module_settings, mqtt_max_packet_bytes=4096)) as server:
+        assert isinstance(server.channel, BuiltinTransport)
+        received: list[Uplink] = []
+        server.channel.add_uplink_handler(received.append)
+        yield server, received
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def platform(served: tuple[Server, list[Uplink]]) -> Platform:
+    """The module's server with four new devices (a new app) for this test."""
+    server, received = served
+    assert server.runtime is not None
+    assert isinstance(server.channel, BuiltinTransport)
+    node_ids = (f"dev-{i}" for i in range(4))
+    _, created = await register_devices(server.runtime.registry, "transport-test", node_ids)
+    return Platform(server, server.channel, created, received)
 
 
 async def test_a_good_password_connects_with_either_sign_type_and_presence_follows(
@@ -309,10 +316,11 @@ async def test_a_second_connection_replaces_the_first(platform: Platform) -> Non
 
 async def test_keepalive_is_enforced_at_one_and_a_half_times(platform: Platform) -> None:
     created = platform.devices[0]
+    before = platform.transport.stats.keepalive_timeouts
     raw = await RawDevice.open(platform.host, platform.server.mqtt_port)
     assert await raw.connect(*credentials(created.device_id, created.secret), keepalive_s=1) == 0
     await raw.wait_closed(timeout_s=5)
-    assert platform.transport.stats.keepalive_timeouts == 1
+    assert platform.transport.stats.keepalive_timeouts == before + 1
 
 
 @pytest.mark.parametrize(
@@ -340,10 +348,11 @@ async def test_a_malformed_packet_closes_only_its_own_connection(
 
 
 async def test_garbage_before_connect_and_silence_are_cut_off(platform: Platform) -> None:
+    before = platform.transport.stats.protocol_violations
     raw = await RawDevice.open(platform.host, platform.server.mqtt_port)
     raw.send(codec.Pingreq())
     await raw.wait_closed()
-    assert platform.transport.stats.protocol_violations >= 1
+    assert platform.transport.stats.protocol_violations >= before + 1
 
 
 async def test_mqtts_verifies_against_the_data_dir_ca_without_a_hostname_check(
@@ -424,58 +433,30 @@ async def test_mosquitto_clients_interoperate(platform: Platform) -> None:
             await sub.wait()
     # mosquitto_pub as the device: a property report reaches the platform's handlers
     client_id, username, password = credentials(created.device_id, created.secret, sign_type="0")
-    await asyncio.to_thread(
-        subprocess.run,
-        [
-            "mosquitto_pub",
-            "-h",
-            platform.host,
-            "-p",
-            port,
-            "-i",
-            client_id,
-            "-u",
-            username,
-            "-P",
-            password,
-            "-q",
-            "1",
-            "-t",
-            f"$oc/devices/{created.device_id}/sys/properties/report",
-            "-m",
-            '{"services":[{"service_id":"s","properties":{"v":1}}]}',
-        ],
-        check=True,
-        timeout=10,
+
+    def publish(password: str, topic: str, message: str, *flags: str) -> int:
+        done = subprocess.run(
+            [
+                *["mosquitto_pub", "-h", platform.host, "-p", port, "-i", client_id],
+                *["-u", username, "-P", password, *flags, "-t", topic, "-m", message],
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+        return done.returncode
+
+    report = '{"services":[{"service_id":"s","properties":{"v":1}}]}'
+    device_topic = f"$oc/devices/{created.device_id}/sys/"
+    published = await asyncio.to_thread(
+        publish, password, device_topic + "properties/report", report, "-q", "1"
     )
+    assert published == 0
     await wait_until(
         lambda: any(isinstance(u, PropertiesReport) for u in platform.uplinks), timeout_s=5
     )
     # and a wrong password is refused (exit code non-zero)
-    refused = await asyncio.to_thread(
-        subprocess.run,
-        [
-            "mosquitto_pub",
-            "-h",
-            platform.host,
-            "-p",
-            port,
-            "-i",
-            client_id,
-            "-u",
-            username,
-            "-P",
-            "0" * 64,
-            "-t",
-            f"$oc/devices/{created.device_id}/sys/messages/up",
-            "-m",
-            "x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    assert refused.returncode != 0
+    refused = await asyncio.to_thread(publish, "0" * 64, device_topic + "messages/up", "x")
+    assert refused != 0
 
 
 def _now_ms() -> int:

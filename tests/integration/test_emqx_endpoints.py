@@ -14,12 +14,11 @@ from pydantic import SecretStr
 
 from fleetbatch.api import create_app
 from fleetbatch.api.emqx import router
-from fleetbatch.clock import SystemClock
 from fleetbatch.devices.auth import make_client_id, sign_password
-from fleetbatch.devices.broker import BrokerChannel
 from fleetbatch.domain.registry import NewDevice
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
+from support.broker import plain_broker_channel
 
 PLATFORM_PASSWORD = "platform-secret-0123"
 BEARER = {"Authorization": f"Bearer {PLATFORM_PASSWORD}"}
@@ -281,15 +280,7 @@ async def test_connect_and_disconnect_events_reach_the_presence_sink(
     sink = RecordingSink([])
     app.state.presence = sink
     # the broker channel's presence handlers hear the same changes (not connected: not needed)
-    channel = BrokerChannel(
-        "mqtt://127.0.0.1:1",
-        client_id="fleetbatch-test",
-        username=None,
-        password=None,
-        share_group=None,
-        ca_file=None,
-        clock=SystemClock(),
-    )
+    channel = plain_broker_channel("mqtt://127.0.0.1:1", "fleetbatch-test")
     heard: list[tuple[str, bool, int]] = []
     channel.add_presence_handler(lambda *change: heard.append(change))
     app.state.channel = channel

@@ -14,16 +14,14 @@ import asyncio
 
 import pytest
 
-from fleetbatch.domain.registry import NewDevice
 from fleetbatch.domain.states import TaskStatus
 from fleetbatch.domain.tasks import NewTask, TaskPolicy, TaskType
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.sim.fleet import FleetDevice
 from fleetbatch.sim.runner import Simulator
-from support import free_port
-from support.engine import check_counters
-from support.serve import start_healthy, stop_process
+from support.engine import check_counters, register_devices
+from support.serve import kill_9, restartable_flags, start_healthy, stop_process
 from support.waiting import wait_until
 
 DEVICES = 600
@@ -37,16 +35,11 @@ async def test_kill_9_mid_task_then_a_restart_finishes_it_exactly_once(
     monkeypatch.setenv("FLEETBATCH_ENGINE_SWEEP_S", "0.1")
     runtime = await Runtime.open(settings)
     try:
-        app = await runtime.registry.apps.create("recovery")
-        product = await runtime.registry.products.default(app.app_id)
-        created = await runtime.registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"n{i:04d}") for i in range(DEVICES)]
-        )
-        ports = ("--mqtt-port", str(free_port()), "--mqtts-port", str(free_port()))
-        flags = (*ports, *(("--database", settings.database) if settings.database else ()))
+        node_ids = (f"n{i:04d}" for i in range(DEVICES))
+        app, created = await register_devices(runtime.registry, "recovery", node_ids)
+        flags, url = restartable_flags(settings)
         server = await asyncio.to_thread(start_healthy, settings.data_dir, *flags)
         fleet = [FleetDevice(d.device_id, d.secret) for d in created]
-        url = f"mqtt://127.0.0.1:{ports[1]}"
         async with Simulator(fleet, url, behaviors=BEHAVIORS) as sim:
             try:
                 await sim.wait_connected(timeout_s=30)
@@ -68,8 +61,7 @@ async def test_kill_9_mid_task_then_a_restart_finishes_it_exactly_once(
                     return progress.success >= DEVICES // 4 and progress.processing > 0
 
                 await wait_until(mid_way, timeout_s=30)
-                server.proc.kill()  # SIGKILL: no cleanup, no last flush
-                await asyncio.to_thread(server.proc.wait)
+                await asyncio.to_thread(kill_9, server)  # no cleanup, no last flush
                 at_kill = await runtime.tasks.get(task.task_id)
                 assert not at_kill.finished
                 assert 0 < at_kill.progress.success < DEVICES

@@ -6,23 +6,37 @@ with the counter invariant checked against the rows.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from fleetbatch.domain.errors import Conflict, NotFound
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
 from fleetbatch.domain.tasks import ErrorCode, NewTask, Task, TaskPolicy, TaskType
+from fleetbatch.server import Server
 from fleetbatch.settings import Settings
 from fleetbatch.sim.fleet import FleetDevice
 from fleetbatch.sim.runner import Simulator
 from fleetbatch.store.paging import PageRequest
-from support.engine import Fleet, check_counters, engine_settings, running_fleet
+from support.engine import Fleet, check_counters, engine_settings, fleet_on, running_fleet
 from support.mosquitto import MosquittoBroker
 from support.waiting import wait_until
 
 COMMAND = {"service_id": "svc", "command_name": "reboot", "paras": {"delay": 1}}
 S = SubtaskStatus
+
+# the scenarios on the default engine settings share one server per database (starting and
+# stopping one per scenario cost a third of the module's time); each registers its own app
+# and devices, and waits for its tasks to finish or stops them
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(module_settings: Settings) -> AsyncIterator[Server]:
+    async with Server(engine_settings(module_settings)) as running:
+        yield running
 
 
 def command_task(fleet: Fleet, name: str, **policy: Any) -> NewTask:
@@ -41,9 +55,9 @@ async def subtasks_by_target(fleet: Fleet, task: Task) -> dict[str, Any]:
     return {s.target: s for s in page.items}
 
 
-async def test_silent_devices_time_out_and_the_rest_succeed(settings: Settings) -> None:
+async def test_silent_devices_time_out_and_the_rest_succeed(server: Server) -> None:
     behaviors = ["*_n00000[0-2]:silent=true"]
-    async with running_fleet(engine_settings(settings), 6, behaviors=behaviors) as fleet:
+    async with fleet_on(server, 6, behaviors=behaviors) as fleet:
         task = await fleet.tasks.create(
             command_task(fleet, "timeouts", subtask_timeout_s=0.5), fleet.device_ids
         )
@@ -63,10 +77,10 @@ async def test_silent_devices_time_out_and_the_rest_succeed(settings: Settings) 
     ids=["retry_count", "max_retransmit"],
 )
 async def test_failing_devices_are_retried_up_to_the_budget_then_fail(
-    settings: Settings, policy: dict[str, int], attempts: int
+    server: Server, policy: dict[str, int], attempts: int
 ) -> None:
     behaviors = ["*_n00000[0-1]:fail_rate=1,fail_code=7"]
-    async with running_fleet(engine_settings(settings), 5, behaviors=behaviors) as fleet:
+    async with fleet_on(server, 5, behaviors=behaviors) as fleet:
         task = await fleet.tasks.create(command_task(fleet, "retries", **policy), fleet.device_ids)
         done = await fleet.finished(task)
         assert done.status is TaskStatus.PARTIAL_SUCCESS
@@ -82,8 +96,8 @@ async def test_failing_devices_are_retried_up_to_the_budget_then_fail(
         await check_counters(fleet.runtime, done)
 
 
-async def test_a_scheduled_task_waits_for_its_time(settings: Settings) -> None:
-    async with running_fleet(engine_settings(settings), 4) as fleet:
+async def test_a_scheduled_task_waits_for_its_time(server: Server) -> None:
+    async with fleet_on(server, 4) as fleet:
         at = fleet.runtime.clock.now_ms() + 1500
         task = await fleet.tasks.create(
             command_task(fleet, "scheduled", schedule_at_ms=at), fleet.device_ids
@@ -97,8 +111,8 @@ async def test_a_scheduled_task_waits_for_its_time(settings: Settings) -> None:
         await check_counters(fleet.runtime, done)
 
 
-async def test_stopping_a_running_task_stops_every_unfinished_subtask(settings: Settings) -> None:
-    async with running_fleet(engine_settings(settings), 8, behaviors=["silent=true"]) as fleet:
+async def test_stopping_a_running_task_stops_every_unfinished_subtask(server: Server) -> None:
+    async with fleet_on(server, 8, behaviors=["silent=true"]) as fleet:
         task = await fleet.tasks.create(
             command_task(fleet, "stop-me", subtask_timeout_s=60), fleet.device_ids
         )
@@ -117,9 +131,9 @@ async def test_stopping_a_running_task_stops_every_unfinished_subtask(settings: 
 
 
 async def test_retrying_failed_subtasks_after_their_devices_connect_completes_the_task(
-    settings: Settings,
+    server: Server,
 ) -> None:
-    async with running_fleet(engine_settings(settings), 6, simulated=3) as fleet:
+    async with fleet_on(server, 6, simulated=3) as fleet:
         task = await fleet.tasks.create(command_task(fleet, "retry-later"), fleet.device_ids)
         done = await fleet.finished(task)
         assert done.status is TaskStatus.PARTIAL_SUCCESS
@@ -144,8 +158,8 @@ async def test_retrying_failed_subtasks_after_their_devices_connect_completes_th
         await check_counters(fleet.runtime, again)
 
 
-async def test_only_a_finished_task_can_be_deleted(settings: Settings) -> None:
-    async with running_fleet(engine_settings(settings), 3, behaviors=["silent=true"]) as fleet:
+async def test_only_a_finished_task_can_be_deleted(server: Server) -> None:
+    async with fleet_on(server, 3, behaviors=["silent=true"]) as fleet:
         task = await fleet.tasks.create(
             command_task(fleet, "delete-me", subtask_timeout_s=60), fleet.device_ids
         )
@@ -158,10 +172,10 @@ async def test_only_a_finished_task_can_be_deleted(settings: Settings) -> None:
 
 
 async def test_the_abort_rule_stops_a_task_whose_failures_pass_the_ratio(
-    settings: Settings,
+    server: Server,
 ) -> None:
     behaviors = ["latency=constant:10", "50%:fail_rate=1"]
-    async with running_fleet(engine_settings(settings), 40, behaviors=behaviors) as fleet:
+    async with fleet_on(server, 40, behaviors=behaviors) as fleet:
         task = await fleet.tasks.create(
             command_task(
                 fleet,
@@ -182,8 +196,8 @@ async def test_the_abort_rule_stops_a_task_whose_failures_pass_the_ratio(
         await check_counters(fleet.runtime, done)
 
 
-async def test_a_whole_task_timeout_times_out_what_is_unfinished(settings: Settings) -> None:
-    async with running_fleet(engine_settings(settings), 4, behaviors=["silent=true"]) as fleet:
+async def test_a_whole_task_timeout_times_out_what_is_unfinished(server: Server) -> None:
+    async with fleet_on(server, 4, behaviors=["silent=true"]) as fleet:
         task = await fleet.tasks.create(
             command_task(fleet, "task-timeout", timeout_s=1, subtask_timeout_s=60),
             fleet.device_ids,
@@ -238,8 +252,8 @@ async def test_a_small_task_is_not_starved_by_a_big_one_started_before_it(
         await check_counters(fleet.runtime, big_done)
 
 
-async def test_a_rate_limit_spreads_the_claims_over_time(settings: Settings) -> None:
-    async with running_fleet(engine_settings(settings), 12) as fleet:
+async def test_a_rate_limit_spreads_the_claims_over_time(server: Server) -> None:
+    async with fleet_on(server, 12) as fleet:
         task = await fleet.tasks.create(
             command_task(fleet, "rate", rate_per_min=600), fleet.device_ids
         )
@@ -254,12 +268,10 @@ async def test_a_rate_limit_spreads_the_claims_over_time(settings: Settings) -> 
 
 
 async def test_a_concurrency_limit_bounds_commands_at_devices_while_the_next_are_claimed(
-    settings: Settings,
+    server: Server,
 ) -> None:
     # answers after 20 ms: a limit of 4 keeps exactly 4 commands outstanding at a time
-    async with running_fleet(
-        engine_settings(settings), 40, behaviors=["latency=constant:20"]
-    ) as fleet:
+    async with fleet_on(server, 40, behaviors=["latency=constant:20"]) as fleet:
         channel = fleet.server.channel
         assert channel is not None
         submit = channel.submit
@@ -279,20 +291,23 @@ async def test_a_concurrency_limit_bounds_commands_at_devices_while_the_next_are
             return future
 
         channel.submit = counting_submit  # type: ignore[method-assign]
-        task = await fleet.tasks.create(
-            command_task(fleet, "limited", max_concurrency=4), fleet.device_ids
-        )
-        held = 0
+        try:
+            task = await fleet.tasks.create(
+                command_task(fleet, "limited", max_concurrency=4), fleet.device_ids
+            )
+            held = 0
 
-        async def done() -> bool:
-            nonlocal held
-            run = fleet.engine.runs.get(task.pk)
-            if run is not None:
-                held = max(held, run.in_flight + len(run.ready))
-            current = await fleet.tasks.get(task.task_id)
-            return current.finished
+            async def done() -> bool:
+                nonlocal held
+                run = fleet.engine.runs.get(task.pk)
+                if run is not None:
+                    held = max(held, run.in_flight + len(run.ready))
+                current = await fleet.tasks.get(task.task_id)
+                return current.finished
 
-        await wait_until(done, timeout_s=30)
+            await wait_until(done, timeout_s=30)
+        finally:
+            del channel.submit  # the module's server outlives this test
         finished = await fleet.tasks.get(task.task_id)
         assert finished.status is TaskStatus.SUCCESS
         assert peak == 4

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from fleetbatch.clock import SystemClock
 from fleetbatch.devices import codec, topics
-from fleetbatch.devices.broker import BrokerChannel
 from fleetbatch.devices.channel import Delivery, NoResponse
 from fleetbatch.domain.registry import CreatedDevice, DeviceStatus, NewDevice
 from fleetbatch.domain.states import SubtaskStatus, TaskStatus
@@ -27,6 +25,7 @@ from fleetbatch.settings import Settings
 from fleetbatch.store import shadows as shadow_rows
 from fleetbatch.store.paging import PageRequest
 from fleetbatch.store.schema import device_shadows, group_members
+from support.broker import plain_broker_channel
 from support.engine import Fleet, check_counters, engine_settings, running_fleet
 from support.mosquitto import MosquittoBroker
 from support.mqtt_device import RawDevice, credentials
@@ -450,15 +449,7 @@ async def test_freeze_unfreeze_and_delete_devices(settings: Settings) -> None:
 async def test_the_broker_channel_posts_and_reports_deliveries(
     mosquitto_broker: MosquittoBroker,
 ) -> None:
-    channel = BrokerChannel(
-        mosquitto_broker.url,
-        client_id="fleetbatch-types",
-        username=None,
-        password=None,
-        share_group=None,
-        ca_file=None,
-        clock=SystemClock(),
-    )
+    channel = plain_broker_channel(mosquitto_broker.url, "fleetbatch-types")
     await channel.start()
     try:
         # DELIVERED here is the broker's PUBACK: nobody needs to listen

@@ -14,7 +14,6 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from fleetbatch.domain.registry import NewDevice
 from fleetbatch.domain.tasks import NewTask, TaskType
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
@@ -22,9 +21,9 @@ from fleetbatch.sim.fleet import FleetDevice
 from fleetbatch.sim.runner import Simulator
 from fleetbatch.store import outbox as outbox_rows
 from fleetbatch.store.schema import outbox
-from support import free_port
+from support.engine import register_devices
 from support.receiver import CallbackReceiver
-from support.serve import start_healthy, stop_process
+from support.serve import kill_9, restartable_flags, start_healthy, stop_process
 from support.waiting import wait_until
 
 DEVICES = 30
@@ -45,18 +44,14 @@ async def test_kill_9_during_delivery_loses_no_callback(
         monkeypatch.setenv(f"FLEETBATCH_{name}", value)
     runtime = await Runtime.open(settings)
     try:
-        app = await runtime.registry.apps.create("outbox-recovery")
-        product = await runtime.registry.products.default(app.app_id)
-        created = await runtime.registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"n{i:04d}") for i in range(DEVICES)]
-        )
-        ports = ("--mqtt-port", str(free_port()), "--mqtts-port", str(free_port()))
-        flags = (*ports, *(("--database", settings.database) if settings.database else ()))
+        node_ids = (f"n{i:04d}" for i in range(DEVICES))
+        app, created = await register_devices(runtime.registry, "outbox-recovery", node_ids)
+        flags, url = restartable_flags(settings)
         server = await asyncio.to_thread(start_healthy, settings.data_dir, *flags)
         fleet = [FleetDevice(d.device_id, d.secret) for d in created]
         async with (
-            CallbackReceiver(fail_rate=0.5, delay_s=0.05) as receiver,
-            Simulator(fleet, f"mqtt://127.0.0.1:{ports[1]}") as sim,
+            CallbackReceiver(fail_rate=0.5, delay_s=0.02) as receiver,
+            Simulator(fleet, url) as sim,
         ):
             try:
                 await sim.wait_connected(timeout_s=30)
@@ -78,8 +73,8 @@ async def test_kill_9_during_delivery_loses_no_callback(
                     return len(receiver.acked) >= 5 and counted["pending"] > 0
 
                 await wait_until(mid_way, timeout_s=30, message="deliveries under way")
-                server.proc.kill()  # SIGKILL: leased rows stay leased, nothing is marked
-                await asyncio.to_thread(server.proc.wait)
+                # leased rows stay leased, nothing is marked
+                await asyncio.to_thread(kill_9, server)
                 async with runtime.store.read() as conn:
                     at_kill = await outbox_rows.counts(conn)
                 assert at_kill["pending"] > 0

@@ -38,7 +38,6 @@ from hypothesis.stateful import (
 )
 
 from fleetbatch.domain.errors import Conflict
-from fleetbatch.domain.registry import NewDevice
 from fleetbatch.domain.states import (
     FINISHED_TASK_STATUSES,
     TERMINAL_SUBTASK_STATUSES,
@@ -58,6 +57,7 @@ from fleetbatch.engine import steps
 from fleetbatch.runtime import Runtime
 from fleetbatch.settings import Settings
 from fleetbatch.store.subtasks import Outcome
+from support.engine import register_devices
 from support.tasks import FakeClock, Snapshot, snapshot
 
 S = SubtaskStatus
@@ -532,12 +532,8 @@ def open_env(runner: asyncio.Runner, settings: Settings) -> Env:
     runtime = runner.run(Runtime.open(settings, clock=clock))
 
     async def register() -> tuple[str, list[str]]:
-        registry = runtime.registry
-        app = await registry.apps.create("stateful")
-        product = await registry.products.default(app.app_id)
-        made = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"d{n}") for n in range(DEVICES)]
-        )
+        node_ids = (f"d{n}" for n in range(DEVICES))
+        app, made = await register_devices(runtime.registry, "stateful", node_ids)
         return app.app_id, [d.device_id for d in made]
 
     app_id, devices = runner.run(register())

@@ -1,9 +1,9 @@
-"""An in-process platform for engine tests: a server on free ports with simulated devices."""
+"""An in-process platform for tests: a server on free ports, registered and simulated devices."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 from fleetbatch.domain.registry import App, CreatedDevice, NewDevice
@@ -11,6 +11,7 @@ from fleetbatch.domain.states import SubtaskStatus
 from fleetbatch.domain.tasks import Task
 from fleetbatch.engine.engine import Engine
 from fleetbatch.engine.service import TaskService
+from fleetbatch.registry import Registry
 from fleetbatch.runtime import Runtime
 from fleetbatch.server import Server
 from fleetbatch.settings import Settings
@@ -61,18 +62,31 @@ class Fleet:
         return latest
 
 
-def engine_settings(settings: Settings, **changes: object) -> Settings:
-    """Free ports and quick sweeps for tests."""
+def server_settings(settings: Settings, **changes: object) -> Settings:
+    """Free ports and quick presence flushes for an in-process `Server`; `changes` win."""
     update: dict[str, object] = {
         "http_port": 0,
         "https_port": 0,
         "mqtt_port": 0,
         "mqtts_port": 0,
         "presence_flush_s": 0.05,
-        "engine_sweep_s": 0.1,
     }
-    update.update(changes)
-    return settings.model_copy(update=update)
+    return settings.model_copy(update=update | changes)
+
+
+def engine_settings(settings: Settings, **changes: object) -> Settings:
+    """`server_settings` with quick engine sweeps, for tests."""
+    return server_settings(settings, **({"engine_sweep_s": 0.1} | changes))
+
+
+async def register_devices(
+    registry: Registry, app_name: str, node_ids: Iterable[str]
+) -> tuple[App, list[CreatedDevice]]:
+    """A new app (and project) with these devices in its default product."""
+    app = await registry.apps.create(app_name)
+    product = await registry.products.default(app.app_id)
+    nodes = [NewDevice(node_id=node_id) for node_id in node_ids]
+    return app, await registry.devices.create_many(app.app_id, product.product_id, nodes)
 
 
 @contextlib.asynccontextmanager
@@ -91,24 +105,46 @@ async def running_fleet(
     `simulated`: only the first that many devices connect (the others stay offline);
     `device_url`: where the devices connect (an external broker), else the built-in port.
     """
-    async with Server(settings) as server:
-        assert server.runtime is not None
-        registry = server.runtime.registry
-        app = await registry.apps.create("engine-test")
-        product = await registry.products.default(app.app_id)
-        created = await registry.devices.create_many(
-            app.app_id, product.product_id, [NewDevice(node_id=f"n{i:06d}") for i in range(count)]
-        )
-        if not simulate:
-            yield Fleet(server, app, created, None)
-            return
-        fleet = [FleetDevice(d.device_id, d.secret) for d in created[:simulated]]
-        url = device_url or f"mqtt://127.0.0.1:{server.mqtt_port}"
-        async with Simulator(
-            fleet, url, behaviors=behaviors, seed=seed, subscribe=device_url is not None
-        ) as sim:
-            await sim.wait_connected(timeout_s=30)
-            yield Fleet(server, app, created, sim)
+    async with (
+        Server(settings) as server,
+        fleet_on(
+            server,
+            count,
+            behaviors=behaviors,
+            simulate=simulate,
+            simulated=simulated,
+            seed=seed,
+            device_url=device_url,
+        ) as fleet,
+    ):
+        yield fleet
+
+
+@contextlib.asynccontextmanager
+async def fleet_on(
+    server: Server,
+    count: int,
+    *,
+    behaviors: Sequence[str] = (),
+    simulate: bool = True,
+    simulated: int | None = None,
+    seed: int = 1,
+    device_url: str | None = None,
+) -> AsyncIterator[Fleet]:
+    """`running_fleet` on a server that is already running: a new app with its devices."""
+    assert server.runtime is not None
+    node_ids = (f"n{i:06d}" for i in range(count))
+    app, created = await register_devices(server.runtime.registry, "engine-test", node_ids)
+    if not simulate:
+        yield Fleet(server, app, created, None)
+        return
+    fleet = [FleetDevice(d.device_id, d.secret) for d in created[:simulated]]
+    url = device_url or f"mqtt://127.0.0.1:{server.mqtt_port}"
+    async with Simulator(
+        fleet, url, behaviors=behaviors, seed=seed, subscribe=device_url is not None
+    ) as sim:
+        await sim.wait_connected(timeout_s=30)
+        yield Fleet(server, app, created, sim)
 
 
 async def check_counters(runtime: Runtime, task: Task) -> None:

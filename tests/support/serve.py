@@ -110,6 +110,25 @@ def start_healthy(data_dir: Path, *flags: str) -> ServeProcess:
     pytest.fail(f"no free ports in {BIND_ATTEMPTS} attempts")
 
 
+def restartable_flags(settings: Settings) -> tuple[tuple[str, ...], str]:
+    """`serve` flags for `settings`' store on MQTT ports chosen now, and the devices' URL.
+
+    A server started again with the same flags (after `kill_9`) listens where the devices
+    reconnect.
+    """
+    mqtt_port = free_port()
+    flags: tuple[str, ...] = ("--mqtt-port", str(mqtt_port), "--mqtts-port", str(free_port()))
+    if settings.database is not None:
+        flags += ("--database", settings.database)
+    return flags, f"mqtt://{LOOPBACK}:{mqtt_port}"
+
+
+def kill_9(server: ServeProcess) -> None:
+    """SIGKILL (no cleanup, no last flush), returning once the process is gone."""
+    server.proc.kill()
+    server.proc.wait()
+
+
 def stop_process(server: ServeProcess) -> None:
     if server.proc.poll() is None:
         server.proc.kill()

@@ -45,6 +45,7 @@ from fleetbatch.devices.channel import (
     PendingReplies,
     PresenceHandler,
     UplinkHandler,
+    answer_topic,
 )
 from fleetbatch.devices.topics import Downlink, Uplink, device_id_of, parse_uplink
 from fleetbatch.domain.errors import Unavailable
@@ -519,13 +520,7 @@ class BrokerChannel:
         (whether the device is offline cannot be told here). See the class docstring for
         several fleetbatch nodes sharing the uplinks.
         """
-        reply = self.submit(downlink, timeout_s=timeout_s)
-        try:
-            return await reply
-        except asyncio.CancelledError:
-            assert downlink.response_topic is not None
-            self._pending.forget(downlink.response_topic, reply)
-            raise
+        return await self._pending.wait(downlink, self.submit(downlink, timeout_s=timeout_s))
 
     def submit(
         self,
@@ -538,9 +533,7 @@ class BrokerChannel:
 
         `on_delivered` is called on the broker's PUBACK (see `send`), if one comes.
         """
-        topic = downlink.response_topic
-        if topic is None:
-            raise ValueError("submit() needs a downlink with a response_topic")
+        topic = answer_topic(downlink)
         # expect before publishing: the answer may arrive before publish() returns to us
         reply = self._pending.expect(topic, downlink.device_id, timeout_s)
         ack: asyncio.Future[Delivery] | None = None

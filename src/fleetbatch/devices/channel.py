@@ -174,6 +174,14 @@ class ExpiryWheel:
         self._slots.clear()
 
 
+def answer_topic(downlink: Downlink) -> str:
+    """The topic `downlink`'s answer arrives on; ValueError for a downlink nobody answers."""
+    topic = downlink.response_topic
+    if topic is None:
+        raise ValueError("submit() needs a downlink with a response_topic")
+    return topic
+
+
 class PendingReplies:
     """Futures waiting for an answer on an exact topic, expired by one sweeper task.
 
@@ -213,6 +221,18 @@ class PendingReplies:
         else:
             bucket.append((topic, self._sequence))
         return future
+
+    async def wait(self, downlink: Downlink, reply: asyncio.Future[Uplink]) -> Uplink:
+        """Await `reply`, the future `expect` gave for `downlink`'s answer.
+
+        A cancelled wait stops waiting: the entry is removed, a late answer goes to the
+        uplink handlers.
+        """
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            self.forget(answer_topic(downlink), reply)
+            raise
 
     def waiting_for(self, topic: str) -> bool:
         """Whether a request awaits an answer on `topic`."""

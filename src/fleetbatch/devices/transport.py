@@ -41,6 +41,7 @@ from fleetbatch.devices.channel import (
     PendingReplies,
     PresenceHandler,
     UplinkHandler,
+    answer_topic,
 )
 from fleetbatch.devices.codec import (
     PINGRESP_BYTES,
@@ -270,13 +271,7 @@ class BuiltinTransport:
 
     async def request(self, downlink: Downlink, *, timeout_s: float) -> Uplink:
         """Send a downlink and return the device's answer on `downlink.response_topic`."""
-        future = self.submit(downlink, timeout_s=timeout_s)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            assert downlink.response_topic is not None
-            self.pending.forget(downlink.response_topic, future)
-            raise
+        return await self.pending.wait(downlink, self.submit(downlink, timeout_s=timeout_s))
 
     def submit(
         self,
@@ -289,9 +284,7 @@ class BuiltinTransport:
 
         `on_delivered` is called on the device's PUBACK (QoS 0: once written).
         """
-        topic = downlink.response_topic
-        if topic is None:
-            raise ValueError("submit() needs a downlink with a response_topic")
+        topic = answer_topic(downlink)
         connection = self.sessions.get(downlink.device_id)
         if connection is None:
             raise DeviceOffline(downlink.device_id)
