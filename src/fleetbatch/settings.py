@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     engine_flush_ms: float = Field(
         2.0, ge=0, description="How long device results gather before one write applies them."
     )
+    engine_close_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a stopping engine waits for answers in flight before it leaves "
+        "them to the next worker.",
+    )
     engine_expand_chunk: int = Field(
         20_000, ge=100, description="Devices a selector expands into subtasks per transaction."
     )

@@ -75,8 +75,10 @@ def server_settings(settings: Settings, **changes: object) -> Settings:
 
 
 def engine_settings(settings: Settings, **changes: object) -> Settings:
-    """`server_settings` with quick engine sweeps, for tests."""
-    return server_settings(settings, **({"engine_sweep_s": 0.1} | changes))
+    """`server_settings` with quick engine sweeps and a short wait for answers at close
+    (a stopping server hands what is in flight to the next worker either way)."""
+    defaults = {"engine_sweep_s": 0.1, "engine_close_wait_s": 0.2}
+    return server_settings(settings, **(defaults | changes))
 
 
 async def register_devices(

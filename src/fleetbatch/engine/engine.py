@@ -61,8 +61,6 @@ LEASE_GRACE_S = 5.0
 # at most this many outcomes per write transaction
 MAX_APPLY = 5000
 RETRY_DB_S = 0.5
-# on close, how long answers already in flight are awaited
-CLOSE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +74,7 @@ class EngineConfig:
     flush_ms: float = 2.0
     expand_chunk: int = 20_000
     command_timeout_s: float = 20.0
+    close_wait_s: float = 2.0  # on close, how long answers in flight are awaited
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -87,6 +86,7 @@ class EngineConfig:
             flush_ms=settings.engine_flush_ms,
             expand_chunk=settings.engine_expand_chunk,
             command_timeout_s=settings.command_timeout_s,
+            close_wait_s=settings.engine_close_wait_s,
         )
 
 
@@ -187,7 +187,7 @@ class Engine:
         # answers already on their way count now instead of being sent again by the next
         # worker; the wait is short, for a restart must not hang on silent devices
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
+            async with asyncio.timeout(self.config.close_wait_s):
                 while self._in_flight > 0:
                     self._wake.clear()
                     await self._wake.wait()
