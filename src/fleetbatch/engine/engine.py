@@ -351,30 +351,17 @@ class Engine:
 
     async def _run_store_batch(self, run: TaskRun, executor: StoreExecutor, wanted: int) -> int:
         now = self.clock.now_ms()
+        request = steps.ClaimRequest(
+            task_pk=run.pk,
+            limit=wanted,
+            lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
+            retries=run.retries,
+        )
         async with self.store.write() as conn:
-            claimed: list[Claimed] = []
-            pools = (
-                (steps.S.FAIL_WAIT_RETRY, steps.S.WAITING) if run.retries else (steps.S.WAITING,)
-            )
-            for status in pools:
-                got = await subtask_rows.claim(
-                    conn,
-                    run.pk,
-                    status,
-                    wanted - len(claimed),
-                    worker_id=self.worker_id,
-                    now_ms=now,
-                    lease_until=now + int((run.timeout_s + LEASE_GRACE_S) * 1000),
-                )
-                if got:
-                    await task_rows.add_counts(
-                        conn, run.pk, {status: -len(got), steps.S.PROCESSING: len(got)}
-                    )
-                claimed.extend(got)
-                if len(claimed) >= wanted:
-                    break
+            claimed, deltas = await steps.claim_in(conn, request, self.worker_id, now)
             if not claimed:
                 return 0
+            await task_rows.add_counts(conn, run.pk, deltas)
             outcomes = await executor.execute(conn, run, claimed, now)
             progress = await steps.apply_in(conn, outcomes, now_ms=now)
         self.stats.claimed += len(claimed)

@@ -9,7 +9,7 @@ task row last, in the same transaction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,7 +68,7 @@ async def claim_batch(
     """Claim up to `limit` due subtasks of a running task: retries first, then waiting ones."""
     if request.notify:
         async with store.write() as conn:
-            claimed, deltas = await _claim_in(conn, request, worker_id, now_ms)
+            claimed, deltas = await claim_in(conn, request, worker_id, now_ms)
             if claimed:
                 await outbox_rows.enqueue_command_changes(conn, [c.id for c in claimed], now_ms)
                 await task_rows.add_counts(conn, request.task_pk, deltas)
@@ -76,7 +76,7 @@ async def claim_batch(
     if store.dialect == "postgresql":
         return await _claim_counted(store, request, worker_id, now_ms)
     async with store.raw_write() as raw:
-        claimed, deltas = await _claim_in(raw, request, worker_id, now_ms)
+        claimed, deltas = await claim_in(raw, request, worker_id, now_ms)
         if claimed:
             await task_rows.add_counts(raw, request.task_pk, deltas)
         return claimed
@@ -86,38 +86,35 @@ async def _claim_counted(
     store: Store, request: ClaimRequest, worker_id: str, now_ms: int
 ) -> list[Claimed]:
     """The claim on PostgreSQL: a statement per source status, each its own unit of work
-    (`store.counted`)."""
-    claimed: list[Claimed] = []
+    with its counters (`store.counted`)."""
     async with store.raw_autocommit() as raw:
-        for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
-            room = request.limit - len(claimed)
-            if room <= 0:
-                break
-            claimed += await counted.claim(
-                raw,
-                request.task_pk,
-                status,
-                room,
-                worker_id=worker_id,
-                now_ms=now_ms,
-                lease_until=request.lease_until,
-                online_only=request.online_only,
-                phase=request.phase,
-            )
+        claimed, _ = await _claim_pools(counted.claim, raw, request, worker_id, now_ms)
     return claimed
 
 
-async def _claim_in(
+async def claim_in(
     conn: AsyncConnection | RawWrite, request: ClaimRequest, worker_id: str, now_ms: int
 ) -> tuple[list[Claimed], Counter[SubtaskStatus]]:
     """The claim's subtask rows, in the caller's transaction; the counter deltas to add."""
+    return await _claim_pools(subtask_rows.claim, conn, request, worker_id, now_ms)
+
+
+async def _claim_pools(
+    claim: Callable[..., Awaitable[list[Claimed]]],
+    conn: Any,
+    request: ClaimRequest,
+    worker_id: str,
+    now_ms: int,
+) -> tuple[list[Claimed], Counter[SubtaskStatus]]:
+    """`claim` from each pool in turn (retries first) until the request is filled; what it
+    claimed and the counter deltas that go with it."""
     claimed: list[Claimed] = []
     deltas: Counter[SubtaskStatus] = Counter()
     for status in (S.FAIL_WAIT_RETRY, S.WAITING) if request.retries else (S.WAITING,):
         room = request.limit - len(claimed)
         if room <= 0:
             break
-        got = await subtask_rows.claim(
+        got = await claim(
             conn,
             request.task_pk,
             status,

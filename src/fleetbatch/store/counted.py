@@ -28,6 +28,7 @@ from fleetbatch.store.subtasks import (
     apply_params,
     claim_params,
     claim_statement,
+    claimed_from,
 )
 from fleetbatch.store.tasks import COUNTED_COLUMNS, COUNTER_COLUMNS, counted_from_row
 
@@ -48,8 +49,7 @@ async def claim(
 ) -> list[Claimed]:
     """`subtasks.claim` with its counter deltas, as one statement."""
     params = claim_params(task_pk, from_status, limit, worker_id, now_ms, lease_until, phase)
-    rows = await raw.run(_claim_sql(from_status, online_only), params)
-    return [Claimed(*row) for row in sorted(rows, key=lambda row: row[0])]
+    return claimed_from(await raw.run(_claim_sql(from_status, online_only), params))
 
 
 @functools.cache

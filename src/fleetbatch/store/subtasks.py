@@ -259,7 +259,11 @@ async def claim(
     """Hand up to `limit` due subtasks in `from_status` to this worker for a new attempt."""
     params = claim_params(task_pk, from_status, limit, worker_id, now_ms, lease_until, phase)
     statement = claim_statement(dialect_of(conn), online_only)
-    rows = await fetch_rows(conn, statement, params)
+    return claimed_from(await fetch_rows(conn, statement, params))
+
+
+def claimed_from(rows: Iterable[Sequence[Any]]) -> list[Claimed]:
+    """The rows a claim returned (`id, target, device_pk, attempt, failures`), in id order."""
     return [Claimed(*row) for row in sorted(rows, key=lambda row: row[0])]
 
 
