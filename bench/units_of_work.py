@@ -34,13 +34,13 @@ from _support import (
     print_rows,
     workspace,
 )
+from support.engine import register_devices
 
 COMMAND = {"service_id": "svc", "command_name": "reboot", "paras": {}}
 LEASE_MS = 60_000
 
 
 async def measure(data_dir: Path, url: str | None, kind: str, args: Any) -> dict[str, Any]:
-    from fleetbatch.domain.registry import NewDevice
     from fleetbatch.domain.states import SubtaskStatus, TaskStatus
     from fleetbatch.domain.tasks import NewTask, TaskType
     from fleetbatch.engine import steps
@@ -52,10 +52,8 @@ async def measure(data_dir: Path, url: str | None, kind: str, args: Any) -> dict
     settings = Settings(data_dir=data_dir / kind, database=url)
     runtime = await Runtime.open(settings)
     try:
-        app = await runtime.registry.apps.create("bench")
-        product = await runtime.registry.products.default(app.app_id)
-        nodes = [NewDevice(node_id=f"n{i}") for i in range(args.subtasks)]
-        made = await runtime.registry.devices.create_many(app.app_id, product.product_id, nodes)
+        node_ids = (f"n{i}" for i in range(args.subtasks))
+        app, made = await register_devices(runtime.registry, "bench", node_ids)
         device_ids = [d.device_id for d in made]
         claims: list[float] = []
         applies: list[float] = []
